@@ -1,0 +1,148 @@
+//! Building one ring-buffer record in per-CPU scratch space and sending the
+//! used part of it.
+use core::mem::size_of;
+
+use agent_common::{
+    AF_INET, AF_INET6, AF_UNIX, Counter, EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook,
+    KernelAction, PATH_MAX, ProcTag, counter_index,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    bpf_probe_read_user_str_bytes,
+};
+
+use crate::maps::{COUNTERS, EVENTS, SCRATCH};
+
+/// Longest `sun_path`.
+const UNIX_PATH_MAX: usize = 108;
+
+pub fn count(hook: Hook, counter: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter_index(hook, counter)) {
+        // SAFETY: per-CPU slot; no other program runs on this CPU meanwhile.
+        unsafe { *c += 1 };
+    }
+}
+
+pub struct Record {
+    buf: *mut EventBuf,
+}
+
+impl Record {
+    /// Counts the call as seen and starts a record for the current task.
+    pub fn begin(hook: Hook, kind: EventKind, tag: &ProcTag) -> Result<Self, u32> {
+        count(hook, Counter::Seen);
+        let buf = SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let uid_gid = bpf_get_current_uid_gid();
+        // SAFETY: `buf` is this CPU's scratch slot.
+        let h = unsafe { &mut (*buf).header };
+        h.kind = kind as u32;
+        h.kernel_action = KernelAction::Observed as u32;
+        h.pid = (pid_tgid >> 32) as u32;
+        h.tid = pid_tgid as u32;
+        h.ppid = tag.ppid;
+        h.uid = uid_gid as u32;
+        h.gid = (uid_gid >> 32) as u32;
+        h._pad0 = 0;
+        h.session = tag.session;
+        h.start_ns = tag.start_ns;
+        // SAFETY: plain helpers without arguments.
+        unsafe {
+            h.time_ns = bpf_ktime_get_boot_ns();
+            h.cgroup_id = bpf_get_current_cgroup_id();
+        }
+        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        h.arg0 = 0;
+        h.arg1 = 0;
+        h.arg2 = 0;
+        h.family = 0;
+        h.port = 0;
+        h.path_len = 0;
+        h.argv_len = 0;
+        h.addr = [0; 16];
+        Ok(Self { buf })
+    }
+
+    pub fn header(&mut self) -> &mut EventHeader {
+        // SAFETY: see `begin`.
+        unsafe { &mut (*self.buf).header }
+    }
+
+    pub fn data(&mut self) -> &mut [u8] {
+        // SAFETY: see `begin`.
+        unsafe { &mut (*self.buf).data }
+    }
+
+    /// Copies a NUL-terminated user string into the path area.
+    ///
+    /// # Safety
+    /// `path` is a user-space pointer; the helper faults safely on bad ones.
+    pub unsafe fn read_path(&mut self, path: *const u8) {
+        let dest = &mut self.data()[..PATH_MAX];
+        let len = match unsafe { bpf_probe_read_user_str_bytes(path, dest) } {
+            Ok(s) => s.len(),
+            Err(_) => 0,
+        };
+        self.header().path_len = len as u16;
+    }
+
+    /// Decodes a user `struct sockaddr` of `header.arg2` bytes: family,
+    /// address and port for inet, the path for unix sockets.
+    ///
+    /// # Safety
+    /// `sa` is a user-space pointer; the helper faults safely on bad ones.
+    pub unsafe fn read_sockaddr(&mut self, sa: *const u8) {
+        let Ok(family) = (unsafe { bpf_probe_read_user(sa as *const u16) }) else {
+            return;
+        };
+        let h = self.header();
+        h.family = family;
+        match family {
+            AF_INET => {
+                // struct sockaddr_in { family, port (BE), addr[4], zero[8] }
+                if let Ok(raw) = unsafe { bpf_probe_read_user(sa as *const [u8; 8]) } {
+                    h.port = u16::from_be_bytes([raw[2], raw[3]]);
+                    h.addr[..4].copy_from_slice(&raw[4..8]);
+                }
+            }
+            AF_INET6 => {
+                // struct sockaddr_in6 { family, port (BE), flowinfo, addr[16], scope }
+                if let Ok(raw) = unsafe { bpf_probe_read_user(sa as *const [u8; 24]) } {
+                    h.port = u16::from_be_bytes([raw[2], raw[3]]);
+                    h.addr.copy_from_slice(&raw[8..24]);
+                }
+            }
+            AF_UNIX => {
+                // sun_path need not be NUL-terminated (and abstract names start
+                // with NUL), so copy exactly addrlen - 2 bytes.
+                let n = (h.arg2 as usize).saturating_sub(2).min(UNIX_PATH_MAX);
+                let Some(dest) = self.data().get_mut(..n) else { return };
+                if unsafe { bpf_probe_read_user_buf(sa.add(2), dest) }.is_ok() {
+                    self.header().path_len = n as u16;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends the header and the used part of the data; counts the outcome.
+    pub fn emit(mut self, hook: Hook) {
+        let h = self.header();
+        let used = if h.kind == EventKind::Exec as u32 {
+            PATH_MAX + h.argv_len as usize
+        } else {
+            h.path_len as usize
+        };
+        let len = EVENT_HEADER_LEN + used;
+        if len > size_of::<EventBuf>() {
+            return;
+        }
+        // SAFETY: `len` is within the scratch slot, checked above.
+        let bytes = unsafe { core::slice::from_raw_parts(self.buf as *const u8, len) };
+        match EVENTS.output::<[u8]>(bytes, 0) {
+            Ok(()) => count(hook, Counter::Emitted),
+            Err(_) => count(hook, Counter::Dropped),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Tamper-evident decision receipts. (Issue 6.)
+pub mod cli;

@@ -1,0 +1,182 @@
+//! Records from the kernel, decoded into owned values, and the enriched form
+//! the rest of the daemon (engine, audit, output) works with.
+use std::{
+    ffi::OsStr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::ffi::OsStrExt,
+    path::PathBuf,
+};
+
+use agent_common::{
+    AF_INET, AF_INET6, AF_UNIX, EVENT_HEADER_LEN, EventHeader, EventKind, KernelAction, PATH_MAX,
+    SessionId,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its {EVENT_HEADER_LEN}-byte header")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+    #[error("record claims {claimed} bytes of data but has {have}")]
+    Truncated { claimed: usize, have: usize },
+}
+
+/// The process that made the call, as far as the kernel and /proc tell.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// With `pid`, the exec id: identifies the process across pid reuse.
+    pub start_ns: u64,
+    pub comm: String,
+    /// Executable, from /proc (None once the process is gone).
+    pub exe: Option<PathBuf>,
+    /// Working directory at the time the record was read.
+    pub cwd: Option<PathBuf>,
+    pub cgroup_id: u64,
+    /// Executables of the ancestors still in the session, nearest first.
+    pub ancestors: Vec<PathBuf>,
+}
+
+impl Process {
+    pub fn exec_id(&self) -> String {
+        format!("{}:{}", self.pid, self.start_ns)
+    }
+}
+
+/// Where a connect goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectAddr {
+    Inet(SocketAddr),
+    /// A filesystem path, or `@name` for the abstract namespace.
+    Unix(PathBuf),
+    /// Another address family (number), not judged by address.
+    Other(u16),
+}
+
+/// What the call acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    Exec {
+        /// Absolute, symlink-free path of the new image where it could be
+        /// resolved, else the path as passed.
+        path: PathBuf,
+        /// The path as the process passed it.
+        raw_path: PathBuf,
+        argv: Vec<String>,
+        /// execveat: the dirfd (-100 for AT_FDCWD); execve: none.
+        dirfd: Option<i32>,
+    },
+    Open {
+        /// Absolute path: relative ones are resolved against the process's cwd
+        /// (or the dirfd's path). Not symlink-resolved: rules see what was
+        /// named.
+        path: PathBuf,
+        raw_path: PathBuf,
+        dirfd: i32,
+        flags: i32,
+        mode: u32,
+    },
+    Connect { addr: ConnectAddr },
+    Fork { child: u32 },
+    Exit,
+}
+
+/// One call by a process in a session, decoded and enriched.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub session: SessionId,
+    /// Nanoseconds since the boot clock's epoch.
+    pub time_ns: u64,
+    pub process: Process,
+    #[serde(flatten)]
+    pub target: Target,
+    pub kernel_action: &'static str,
+}
+
+/// A decoded kernel record before enrichment (owned, no /proc look-ups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub header: EventHeader,
+    pub kind: EventKind,
+    pub path: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+}
+
+pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    if bytes.len() < EVENT_HEADER_LEN {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: EventHeader is repr(C) plain data (aya::Pod); the length is
+    // checked and read_unaligned copes with any alignment.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::Kind(header.kind))?;
+    let data = &bytes[EVENT_HEADER_LEN..];
+    let path_len = header.path_len as usize;
+    if data.len() < path_len {
+        return Err(DecodeError::Truncated { claimed: path_len, have: data.len() });
+    }
+    let path = data[..path_len].to_vec();
+    let mut argv = Vec::new();
+    if kind == EventKind::Exec && header.argv_len > 0 {
+        let end = PATH_MAX + header.argv_len as usize;
+        if data.len() < end {
+            return Err(DecodeError::Truncated { claimed: end, have: data.len() });
+        }
+        argv = data[PATH_MAX..end]
+            .split(|b| *b == 0)
+            .take(header.arg0.max(0) as usize)
+            .map(<[u8]>::to_vec)
+            .collect();
+    }
+    Ok(RawEvent { header, kind, path, argv })
+}
+
+pub fn comm(header: &EventHeader) -> String {
+    let end = header.comm.iter().position(|b| *b == 0).unwrap_or(header.comm.len());
+    String::from_utf8_lossy(&header.comm[..end]).into_owned()
+}
+
+pub fn connect_addr(header: &EventHeader, path: &[u8]) -> ConnectAddr {
+    match header.family {
+        AF_INET => {
+            let a = &header.addr;
+            ConnectAddr::Inet(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+                header.port,
+            ))
+        }
+        AF_INET6 => ConnectAddr::Inet(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::from(header.addr)),
+            header.port,
+        )),
+        AF_UNIX => {
+            // Abstract names start with NUL; show them as `@name`.
+            let name = match path.split_first() {
+                Some((0, rest)) => {
+                    let mut v = b"@".to_vec();
+                    v.extend(rest.iter().take_while(|b| **b != 0));
+                    v
+                }
+                _ => path.iter().take_while(|b| **b != 0).copied().collect(),
+            };
+            ConnectAddr::Unix(PathBuf::from(OsStr::from_bytes(&name)))
+        }
+        other => ConnectAddr::Other(other),
+    }
+}
+
+pub fn kernel_action_name(v: u32) -> &'static str {
+    match v {
+        x if x == KernelAction::Observed as u32 => "observed",
+        _ => "unknown",
+    }
+}

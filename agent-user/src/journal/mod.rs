@@ -1,0 +1,1 @@
+//! Verdicts to journald through the native protocol. (Issue 6.)

@@ -1,0 +1,20 @@
+//! agentgate's daemon and command-line client, one module per concern.
+//!
+//! Data path: `loader` puts the kernel programs in place; `observer` reads
+//! their ring buffer; `events` decodes; `procs` enriches from /proc;
+//! `sessions` knows who is in which session; `engine` judges against
+//! `policy`; `audit` and `journal` record; `control` is the socket the CLI
+//! (`cli`) talks to.
+pub mod audit;
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod engine;
+pub mod events;
+pub mod journal;
+pub mod loader;
+pub mod observer;
+pub mod output;
+pub mod policy;
+pub mod procs;
+pub mod sessions;
