@@ -135,12 +135,12 @@ pub struct EventHeader {
     pub time_ns: u64,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
-    /// exec: argc read; open: dirfd; connect: socket fd; fork: child pid;
-    /// exit: exit code.
+    /// exec and open: dirfd (AT_FDCWD for execve, open, creat); connect:
+    /// socket fd; fork: child pid.
     pub arg0: i64,
     /// exec: execveat flags; open: open flags.
     pub arg1: i64,
-    /// open: mode; connect: addrlen.
+    /// exec: arguments read; open: mode; connect: addrlen.
     pub arg2: i64,
     /// connect: AF_INET, AF_INET6 or AF_UNIX (0 when unreadable).
     pub family: u16,

@@ -52,8 +52,9 @@ fn try_exec(ctx: &TracePointContext, at: Option<usize>) -> Result<u32, u32> {
     let mut rec = Record::begin(Hook::Exec, EventKind::Exec, &tag)?;
     // SAFETY: offsets are those of sys_enter_execve/execveat.
     unsafe {
+        rec.header().arg0 = AT_FDCWD;
         if at.is_some() {
-            rec.header().arg0 = ctx.read_at::<i64>(syscall_arg(0)).unwrap_or(-1);
+            rec.header().arg0 = ctx.read_at::<i64>(syscall_arg(0)).unwrap_or(-1) as i32 as i64;
             rec.header().arg1 = ctx.read_at::<i64>(syscall_arg(4)).unwrap_or(0);
         }
         let path: *const u8 = ctx.read_at(syscall_arg(base)).map_err(|_| 0u32)?;
@@ -92,11 +93,8 @@ unsafe fn read_argv(rec: &mut Record, argv: *const *const u8) {
         used += s.len() + 1;
         argc += 1;
     }
-    let used = used.min(ARGV_MAX);
-    rec.header().argv_len = used as u16;
-    if rec.header().arg0 == 0 {
-        rec.header().arg0 = argc;
-    }
+    rec.header().argv_len = used.min(ARGV_MAX) as u16;
+    rec.header().arg2 = argc;
 }
 
 // ---- open ---------------------------------------------------------------

@@ -1,26 +1,86 @@
-//! The command line: `agentgate daemon|exec|policy|sessions|status|…`.
-use std::process::ExitCode;
+//! The command line: `agentgate daemon|exec|status|sessions|policy|audit`.
+use std::{
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+
+use crate::{
+    control::{self, request, response},
+    daemon::{self, DaemonArgs},
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "agentgate", version, about = "Runtime authorization for AI agents, enforced in the kernel with eBPF")]
 pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "AGENTGATE_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Load the kernel programs and judge agent sessions (needs root).
+    Daemon(DaemonArgs),
+    /// Run a command inside a new agent session.
+    Exec(ExecArgs),
+    /// Mode, attached programs, counters.
+    Status,
+    /// List, show or end sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
+    },
     /// Check, explain and compile policies.
     Policy(crate::policy::cli::PolicyArgs),
     /// Verify and export the audit log.
     Audit(crate::audit::cli::AuditArgs),
 }
 
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Profile that scopes the session (see policies/).
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    /// What the agent was asked to do.
+    #[arg(long, default_value = "")]
+    pub intent: String,
+    /// The directory the agent works in.
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+    /// Session lifetime, e.g. 30m or 2h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    List,
+    Show { id: u64 },
+    End { id: u64 },
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Daemon(args) => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .target(env_logger::Target::Stderr)
+                .init();
+            runtime(true).and_then(|rt| rt.block_on(daemon::run(args))).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Exec(args) => exec(&cli.socket, args),
+        Command::Status => print_status(&cli.socket),
+        Command::Sessions { command } => sessions(&cli.socket, command.unwrap_or(SessionsCommand::List)),
         Command::Policy(args) => crate::policy::cli::run(args),
         Command::Audit(args) => crate::audit::cli::run(args),
     };
@@ -31,4 +91,113 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime(multi: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().context("starting the async runtime")
+}
+
+fn call(socket: &Path, body: request::Body) -> anyhow::Result<response::Body> {
+    Ok(runtime(false)?.block_on(control::call(socket, body))?)
+}
+
+/// The program `cmd` names, as execvp would find it.
+fn resolve_command(cmd: &str) -> anyhow::Result<PathBuf> {
+    let candidates: Vec<PathBuf> = if cmd.contains('/') {
+        vec![PathBuf::from(cmd)]
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(cmd)).collect()
+    };
+    let found = candidates.iter().find(|p| p.is_file());
+    let Some(path) = found else {
+        bail!("command not found: {cmd}");
+    };
+    let mode = path.metadata().with_context(|| format!("{}", path.display()))?.permissions().mode();
+    if mode & 0o111 == 0 {
+        bail!("{} is not executable (mode {:o})", path.display(), mode & 0o777);
+    }
+    Ok(path.clone())
+}
+
+fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let program = resolve_command(&args.command[0])?;
+    let workspace = match &args.workspace {
+        Some(w) => std::fs::canonicalize(w).with_context(|| format!("workspace {}", w.display()))?,
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
+    let open = control::OpenSession {
+        pid: std::process::id(),
+        profile: args.profile,
+        intent: args.intent,
+        workspace: workspace.display().to_string(),
+        ttl_secs: args.ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        command: args.command.clone(),
+        principal: std::env::var("SUDO_USER").unwrap_or_default(),
+    };
+    let id = match call(socket, request::Body::OpenSession(open))? {
+        response::Body::SessionOpened(s) => s.id,
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    };
+    // This process is now in the session; exec keeps the pid, so the
+    // command's first instruction already runs tagged.
+    let err = std::process::Command::new(&program)
+        .arg0(&args.command[0])
+        .args(&args.command[1..])
+        .env("AGENTGATE_SESSION", id.to_string())
+        .exec();
+    bail!("session {id}: cannot run {}: {err}", program.display())
+}
+
+fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
+    let response::Body::Status(s) = call(socket, request::Body::Status(control::StatusRequest {}))? else {
+        bail!("unexpected reply from the daemon");
+    };
+    println!("mode: {}", s.mode);
+    println!("  {}", s.mode_detail);
+    println!("programs attached: {}", s.programs.len());
+    for p in &s.programs {
+        println!("  {p}");
+    }
+    println!("sessions: {}", s.sessions);
+    println!("events read: {} (malformed: {})", s.events_read, s.events_malformed);
+    println!("{:<10} {:>12} {:>12} {:>12}", "hook", "seen", "emitted", "dropped");
+    for c in &s.counters {
+        println!("{:<10} {:>12} {:>12} {:>12}", c.hook, c.seen, c.emitted, c.dropped);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sessions(socket: &Path, command: SessionsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SessionsCommand::End { id } => {
+            call(socket, request::Body::EndSession(control::EndSession { id }))?;
+            println!("session {id} ended");
+        }
+        SessionsCommand::List | SessionsCommand::Show { .. } => {
+            let response::Body::Sessions(list) = call(socket, request::Body::ListSessions(control::ListSessions {}))? else {
+                bail!("unexpected reply from the daemon");
+            };
+            let show = match command {
+                SessionsCommand::Show { id } => Some(id),
+                _ => None,
+            };
+            let mut found = false;
+            for s in list.sessions.iter().filter(|s| show.is_none_or(|id| id == s.id)) {
+                found = true;
+                println!(
+                    "{}\tpid {}\t{}\tprofile {}\tintent {:?}\tworkspace {}\tcommand {:?}",
+                    s.id, s.pid, s.principal, s.profile, s.intent, s.workspace, s.command
+                );
+            }
+            if let (Some(id), false) = (show, found) {
+                bail!("no session {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,199 @@
-//! control
+//! The control socket: prost messages in length-delimited frames over a unix
+//! socket, with the caller identified by the kernel (SO_PEERCRED), never by
+//! what it claims.
+use std::path::Path;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+pub const DEFAULT_SOCKET: &str = "/run/agentgate/agentgate.sock";
+/// Larger frames are refused: no request needs more.
+pub const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Request {
+    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4")]
+    pub body: Option<request::Body>,
+}
+
+pub mod request {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        #[prost(message, tag = "1")]
+        OpenSession(super::OpenSession),
+        #[prost(message, tag = "2")]
+        Status(super::StatusRequest),
+        #[prost(message, tag = "3")]
+        ListSessions(super::ListSessions),
+        #[prost(message, tag = "4")]
+        EndSession(super::EndSession),
+    }
+}
+
+/// Put the calling process (which must be `pid`) into a new session.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OpenSession {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    #[prost(string, tag = "2")]
+    pub profile: String,
+    #[prost(string, tag = "3")]
+    pub intent: String,
+    #[prost(string, tag = "4")]
+    pub workspace: String,
+    #[prost(uint64, tag = "5")]
+    pub ttl_secs: u64,
+    /// The command the session will run (for the record).
+    #[prost(string, repeated, tag = "6")]
+    pub command: Vec<String>,
+    /// The human the agent acts for, when the launcher knows better than its
+    /// uid (SUDO_USER).
+    #[prost(string, tag = "7")]
+    pub principal: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatusRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListSessions {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EndSession {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Response {
+    #[prost(oneof = "response::Body", tags = "1, 2, 3, 4, 5")]
+    pub body: Option<response::Body>,
+}
+
+pub mod response {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        #[prost(string, tag = "1")]
+        Error(String),
+        #[prost(message, tag = "2")]
+        SessionOpened(super::SessionOpened),
+        #[prost(message, tag = "3")]
+        Status(super::Status),
+        #[prost(message, tag = "4")]
+        Sessions(super::Sessions),
+        #[prost(message, tag = "5")]
+        Done(super::Done),
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionOpened {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Done {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Status {
+    #[prost(string, tag = "1")]
+    pub mode: String,
+    /// Why this mode, and what it guarantees.
+    #[prost(string, tag = "2")]
+    pub mode_detail: String,
+    #[prost(string, repeated, tag = "3")]
+    pub programs: Vec<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub counters: Vec<HookCounters>,
+    #[prost(uint32, tag = "5")]
+    pub sessions: u32,
+    #[prost(uint64, tag = "6")]
+    pub events_read: u64,
+    #[prost(uint64, tag = "7")]
+    pub events_malformed: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HookCounters {
+    #[prost(string, tag = "1")]
+    pub hook: String,
+    #[prost(uint64, tag = "2")]
+    pub seen: u64,
+    #[prost(uint64, tag = "3")]
+    pub emitted: u64,
+    #[prost(uint64, tag = "4")]
+    pub dropped: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sessions {
+    #[prost(message, repeated, tag = "1")]
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionInfo {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint32, tag = "2")]
+    pub pid: u32,
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    #[prost(string, tag = "4")]
+    pub principal: String,
+    #[prost(string, tag = "5")]
+    pub profile: String,
+    #[prost(string, tag = "6")]
+    pub intent: String,
+    #[prost(string, tag = "7")]
+    pub workspace: String,
+    #[prost(uint64, tag = "8")]
+    pub created_unix: u64,
+    #[prost(uint64, tag = "9")]
+    pub expires_unix: u64,
+    #[prost(string, repeated, tag = "10")]
+    pub command: Vec<String>,
+}
+
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the agentgate daemon is not running (no socket at {0}); start it with `sudo agentgate daemon` or `cargo xtask run`")]
+    NotRunning(String),
+    #[error("cannot reach the daemon at {path}: {source}")]
+    Connect { path: String, source: std::io::Error },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon sent an unreadable reply: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("the daemon closed the connection without replying")]
+    Closed,
+    #[error("the daemon refused: {0}")]
+    Refused(String),
+}
+
+/// One request, one response.
+pub async fn call(socket: &Path, body: request::Body) -> Result<response::Body, ClientError> {
+    let path = socket.display().to_string();
+    let stream = UnixStream::connect(socket).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning(path.clone())
+        }
+        _ => ClientError::Connect { path: path.clone(), source },
+    })?;
+    let mut framed = Framed::new(stream, codec());
+    let req = Request { body: Some(body) };
+    framed.send(bytes::Bytes::from(prost::Message::encode_to_vec(&req))).await?;
+    let frame = framed.next().await.ok_or(ClientError::Closed)??;
+    let resp: Response = prost::Message::decode(frame.freeze())?;
+    match resp.body {
+        Some(response::Body::Error(msg)) => Err(ClientError::Refused(msg)),
+        Some(body) => Ok(body),
+        None => Err(ClientError::Closed),
+    }
+}

@@ -1,1 +1,371 @@
-//! daemon
+//! `agentgate daemon`: load the programs, read their events, serve the
+//! control socket, until SIGINT or SIGTERM.
+use std::{
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use agent_common::{Counter, Hook, ProcTag, SessionId, counter_index};
+use anyhow::{Context, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use futures::{SinkExt, StreamExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::Framed;
+
+use crate::{
+    control::{self, HookCounters, Request, Response, request, response},
+    loader,
+    observer::{self, ReaderStats},
+    output::{self, Clock},
+    sessions::{NewSession, Registry, Session},
+};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Lsm,
+    Fallback,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Journald,
+    Auto,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DaemonArgs {
+    /// Policy files or directories (default: /etc/agentgate/policies, else the repo's policies/).
+    #[arg(long)]
+    pub policy: Vec<PathBuf>,
+    #[arg(long, default_value = "/var/lib/agentgate")]
+    pub state_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Compute and log decisions, block nothing.
+    #[arg(long)]
+    pub audit_only: bool,
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    pub log: LogFormat,
+    #[arg(long, env = "AGENTGATE_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Ring buffer size in bytes (a power of two).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub ring_bytes: u32,
+}
+
+/// What the daemon shares between its tasks.
+struct Shared {
+    tags: Mutex<BpfHashMap<MapData, u32, ProcTag>>,
+    counters: PerCpuArray<MapData, u64>,
+    registry: Mutex<Registry>,
+    reader: Arc<ReaderStats>,
+    mode: String,
+    mode_detail: String,
+    programs: Vec<String>,
+}
+
+/// Decides the mode from the probe. Nothing here enforces yet: the daemon
+/// says so instead of implying protection it does not give.
+fn choose_mode(requested: Mode, probe: &loader::Probe) -> anyhow::Result<(String, String)> {
+    let lsm = if probe.bpf_lsm { "available" } else { "not available" };
+    if requested == Mode::Lsm && !probe.bpf_lsm {
+        bail!(
+            "--mode lsm: BPF LSM is not enabled on this kernel (active LSMs: {}); add `bpf` to the \
+             kernel command line, e.g. lsm={},bpf, and reboot — or use --mode fallback",
+            probe.lsm_list,
+            probe.lsm_list
+        );
+    }
+    let mode = "observe".to_owned();
+    let detail = format!(
+        "tracepoints observe exec, open and connect of tagged processes; nothing is blocked yet \
+         (BPF LSM {lsm}; active LSMs: {}); exit tracking: {}",
+        probe.lsm_list,
+        if probe.exit_group_dead { "per thread group" } else { "leader exit (no group_dead on this kernel)" }
+    );
+    Ok((mode, detail))
+}
+
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("agentgate daemon must run as root (it loads eBPF programs): run `sudo agentgate daemon`");
+    }
+    let probe = loader::probe();
+    let (mode, mode_detail) = choose_mode(args.mode, &probe)?;
+    if args.log == LogFormat::Journald {
+        log::warn!("--log journald: verdict output to journald is not built yet; writing JSON lines");
+    }
+    let mut loaded = loader::load(&loader::Options { ring_bytes: args.ring_bytes })
+        .context("starting the kernel side")?;
+    log::info!("mode {mode}: {mode_detail}");
+    log::info!("attached {} programs: {}", loaded.attached.len(), loaded.attached.join(", "));
+
+    match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+        Ok(logger) => {
+            tokio::spawn(forward_kernel_log(logger));
+        }
+        Err(e) => log::warn!("kernel programs' log is not available: {e}"),
+    }
+
+    let mut take = |name: &str| loaded.ebpf.take_map(name).with_context(|| format!("the kernel object lacks map {name}"));
+    let ring = RingBuf::try_from(take("EVENTS")?)?;
+    let tags = BpfHashMap::try_from(take("TAGS")?)?;
+    let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
+    let reader = Arc::new(ReaderStats::default());
+    let shared = Arc::new(Shared {
+        tags: Mutex::new(tags),
+        counters,
+        registry: Mutex::new(Registry::new()),
+        reader: reader.clone(),
+        mode,
+        mode_detail,
+        programs: loaded.attached.clone(),
+    });
+
+    let listener = bind_socket(&args.socket).await?;
+    log::info!("control socket at {}", args.socket.display());
+    let server = tokio::spawn(serve(listener, shared.clone()));
+
+    let clock = Clock::new();
+    let observe = tokio::spawn(observer::run(ring, reader, move |ev| {
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = output::write_json(&mut out, &clock, &ev).and_then(|()| out.flush()) {
+            log::error!("writing an event: {e}");
+        }
+    }));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
+        _ = term.recv() => log::info!("SIGTERM: stopping"),
+        r = observe => log::error!("event reader stopped: {r:?}"),
+        r = server => log::error!("control socket stopped: {r:?}"),
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    drop(loaded);
+    Ok(())
+}
+
+async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    let Ok(mut fd) = observer::readable_fd(logger) else { return };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// Binds the control socket. Any local user may connect (to open a session
+/// for their own process); the handler decides per request from the peer's
+/// credentials. A live socket means another daemon: refuse to steal it.
+async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another agentgate daemon is running (socket {} answers)", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+async fn serve(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_connection(stream, &shared).await {
+                log::warn!("control connection: {e:#}");
+            }
+        });
+    }
+}
+
+/// The peer as the kernel reports it.
+struct Peer {
+    pid: u32,
+    uid: u32,
+}
+
+async fn handle_connection(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
+    let cred = stream.peer_cred().context("reading peer credentials")?;
+    let peer = Peer {
+        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).context("peer has no pid")?,
+        uid: cred.uid(),
+    };
+    let mut framed = Framed::new(stream, control::codec());
+    while let Some(frame) = framed.next().await {
+        let reply = match frame {
+            Ok(bytes) => match <Request as prost::Message>::decode(bytes.freeze()) {
+                Ok(req) => handle_request(req, &peer, shared),
+                Err(e) => response::Body::Error(format!("malformed request: {e}")),
+            },
+            // Oversized or broken frame: answer once and hang up.
+            Err(e) => {
+                let body = response::Body::Error(format!("malformed frame: {e}"));
+                let bytes = prost::Message::encode_to_vec(&Response { body: Some(body) });
+                let _ = framed.send(bytes::Bytes::from(bytes)).await;
+                return Ok(());
+            }
+        };
+        let bytes = prost::Message::encode_to_vec(&Response { body: Some(reply) });
+        framed.send(bytes::Bytes::from(bytes)).await?;
+    }
+    Ok(())
+}
+
+fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body {
+    // A process inside a session must not steer its own guard.
+    if let Some(session) = session_of(shared, peer.pid) {
+        return response::Body::Error(format!(
+            "refused: the caller (pid {}) is inside session {session}",
+            peer.pid
+        ));
+    }
+    match req.body {
+        Some(request::Body::OpenSession(open)) => match open_session(open, peer, shared) {
+            Ok(id) => response::Body::SessionOpened(control::SessionOpened { id }),
+            Err(e) => response::Body::Error(format!("{e:#}")),
+        },
+        Some(request::Body::Status(_)) => response::Body::Status(status(shared)),
+        Some(request::Body::ListSessions(_)) => response::Body::Sessions(control::Sessions {
+            sessions: shared.registry.lock().unwrap().iter().map(session_info).collect(),
+        }),
+        Some(request::Body::EndSession(end)) => match end_session(end.id, peer, shared) {
+            Ok(()) => response::Body::Done(control::Done {}),
+            Err(e) => response::Body::Error(format!("{e:#}")),
+        },
+        None => response::Body::Error("malformed request: empty".into()),
+    }
+}
+
+fn session_of(shared: &Shared, pid: u32) -> Option<SessionId> {
+    shared.tags.lock().unwrap().get(&pid, 0).ok().map(|t| t.session)
+}
+
+/// (start time in boot-clock ns, ppid) of a live process, from /proc.
+fn proc_start(pid: u32) -> anyhow::Result<(u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the last ')' (comm may contain spaces and parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("unreadable /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid: u32 = fields.get(1).and_then(|f| f.parse().ok()).context("no ppid in /proc stat")?;
+    let ticks: u64 = fields.get(19).and_then(|f| f.parse().ok()).context("no starttime in /proc stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok((ticks * (1_000_000_000 / hz), ppid))
+}
+
+fn open_session(open: control::OpenSession, peer: &Peer, shared: &Shared) -> anyhow::Result<SessionId> {
+    if open.pid != peer.pid {
+        bail!("a process may only open a session for itself (asked for pid {}, caller is {})", open.pid, peer.pid);
+    }
+    let (start_ns, ppid) = proc_start(peer.pid)?;
+    let ttl = (open.ttl_secs > 0).then(|| Duration::from_secs(open.ttl_secs));
+    let principal = if open.principal.is_empty() { user_name(peer.uid) } else { open.principal };
+    let mut registry = shared.registry.lock().unwrap();
+    let session = registry.open(NewSession {
+        pid: peer.pid,
+        uid: peer.uid,
+        principal,
+        profile: open.profile,
+        intent: open.intent,
+        workspace: open.workspace,
+        command: open.command,
+        ttl,
+    });
+    let id = session.id;
+    let tag = ProcTag { session: id, start_ns, ppid, _pad: 0 };
+    if let Err(e) = shared.tags.lock().unwrap().insert(peer.pid, tag, 0) {
+        registry.remove(id);
+        bail!("cannot tag pid {}: {e}", peer.pid);
+    }
+    log::info!("session {id} opened for pid {} (uid {}): {:?}", peer.pid, peer.uid, registry.get(id).map(|s| &s.intent));
+    Ok(id)
+}
+
+fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
+    let mut registry = shared.registry.lock().unwrap();
+    let session = registry.get(id).with_context(|| format!("no session {id}"))?;
+    if peer.uid != 0 && peer.uid != session.uid {
+        bail!("only root or the session's owner (uid {}) may end session {id}", session.uid);
+    }
+    let mut tags = shared.tags.lock().unwrap();
+    let pids: Vec<u32> = tags.iter().filter_map(Result::ok).filter(|(_, t)| t.session == id).map(|(p, _)| p).collect();
+    for pid in pids {
+        let _ = tags.remove(&pid);
+    }
+    registry.remove(id);
+    log::info!("session {id} ended by uid {}", peer.uid);
+    Ok(())
+}
+
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2) == Some(&uid.to_string().as_str())).then(|| f[0].to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn session_info(s: &Session) -> control::SessionInfo {
+    control::SessionInfo {
+        id: s.id,
+        pid: s.pid,
+        uid: s.uid,
+        principal: s.principal.clone(),
+        profile: s.profile.clone(),
+        intent: s.intent.clone(),
+        workspace: s.workspace.clone(),
+        created_unix: unix_secs(s.created),
+        expires_unix: s.expires.map(unix_secs).unwrap_or(0),
+        command: s.command.clone(),
+    }
+}
+
+fn status(shared: &Shared) -> control::Status {
+    let sum = |hook: Hook, counter: Counter| -> u64 {
+        shared
+            .counters
+            .get(&counter_index(hook, counter), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    };
+    control::Status {
+        mode: shared.mode.clone(),
+        mode_detail: shared.mode_detail.clone(),
+        programs: shared.programs.clone(),
+        counters: Hook::ALL
+            .iter()
+            .map(|&h| HookCounters {
+                hook: h.name().into(),
+                seen: sum(h, Counter::Seen),
+                emitted: sum(h, Counter::Emitted),
+                dropped: sum(h, Counter::Dropped),
+            })
+            .collect(),
+        sessions: shared.registry.lock().unwrap().len() as u32,
+        events_read: shared.reader.read.load(Ordering::Relaxed),
+        events_malformed: shared.reader.malformed.load(Ordering::Relaxed),
+    }
+}

@@ -72,8 +72,8 @@ pub enum Target {
         /// The path as the process passed it.
         raw_path: PathBuf,
         argv: Vec<String>,
-        /// execveat: the dirfd (-100 for AT_FDCWD); execve: none.
-        dirfd: Option<i32>,
+        /// execveat: the dirfd; execve: AT_FDCWD (-100).
+        dirfd: i32,
     },
     Open {
         /// Absolute path: relative ones are resolved against the process's cwd
@@ -133,7 +133,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         }
         argv = data[PATH_MAX..end]
             .split(|b| *b == 0)
-            .take(header.arg0.max(0) as usize)
+            .take(header.arg2.max(0) as usize)
             .map(<[u8]>::to_vec)
             .collect();
     }

@@ -1,1 +1,119 @@
-//! sessions
+//! The session registry: who opened which session, for what, until when.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agent_common::SessionId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    /// The launcher: the first process of the session.
+    pub pid: u32,
+    pub uid: u32,
+    /// The human the agent acts for.
+    pub principal: String,
+    pub profile: String,
+    pub intent: String,
+    pub workspace: String,
+    pub command: Vec<String>,
+    pub created: SystemTime,
+    pub expires: Option<SystemTime>,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: BTreeMap<SessionId, Session>,
+    next: SessionId,
+}
+
+pub struct NewSession {
+    pub pid: u32,
+    pub uid: u32,
+    pub principal: String,
+    pub profile: String,
+    pub intent: String,
+    pub workspace: String,
+    pub command: Vec<String>,
+    pub ttl: Option<Duration>,
+}
+
+impl Registry {
+    /// Ids start from the wall clock so that a restarted daemon does not hand
+    /// out an id that is still in a pinned map or an audit record.
+    pub fn new() -> Self {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        Self { sessions: BTreeMap::new(), next: secs << 16 }
+    }
+
+    pub fn open(&mut self, s: NewSession) -> &Session {
+        self.next += 1;
+        let id = self.next;
+        let created = SystemTime::now();
+        let session = Session {
+            id,
+            pid: s.pid,
+            uid: s.uid,
+            principal: s.principal,
+            profile: s.profile,
+            intent: s.intent,
+            workspace: s.workspace,
+            command: s.command,
+            created,
+            expires: s.ttl.map(|t| created + t),
+        };
+        self.sessions.entry(id).or_insert(session)
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    pub fn remove(&mut self, id: SessionId) -> Option<Session> {
+        self.sessions.remove(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(pid: u32) -> NewSession {
+        NewSession {
+            pid,
+            uid: 1000,
+            principal: "alice".into(),
+            profile: "coding-agent".into(),
+            intent: "fix the failing test".into(),
+            workspace: "/tmp/w".into(),
+            command: vec!["sh".into()],
+            ttl: Some(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn ids_are_distinct_nonzero_and_kept() {
+        let mut r = Registry::new();
+        let a = r.open(new(10)).id;
+        let b = r.open(new(11)).id;
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(r.get(a).unwrap().pid, 10);
+        assert!(r.get(a).unwrap().expires.is_some());
+        assert_eq!(r.remove(b).unwrap().pid, 11);
+        assert_eq!(r.len(), 1);
+    }
+}
