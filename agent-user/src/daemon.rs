@@ -1,7 +1,6 @@
 //! `agentgate daemon`: load the programs, read their events, serve the
 //! control socket, until SIGINT or SIGTERM.
 use std::{
-    io::Write,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, atomic::Ordering},
@@ -19,7 +18,7 @@ use crate::{
     control::{self, HookCounters, Request, Response, request, response},
     loader,
     observer::{self, ReaderStats},
-    output::{self, Clock},
+    output::JsonLines,
     sessions::{NewSession, Registry, Session},
 };
 
@@ -132,13 +131,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     log::info!("control socket at {}", args.socket.display());
     let server = tokio::spawn(serve(listener, shared.clone()));
 
-    let clock = Clock::new();
-    let observe = tokio::spawn(observer::run(ring, reader, move |ev| {
-        let mut out = std::io::stdout().lock();
-        if let Err(e) = output::write_json(&mut out, &clock, &ev).and_then(|()| out.flush()) {
-            log::error!("writing an event: {e}");
-        }
-    }));
+    let observe = tokio::spawn(observer::run(ring, reader, JsonLines::new(std::io::stdout())));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -29,10 +29,17 @@ pub fn readable_fd<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd
         .map_err(|e| std::io::Error::from(e))
 }
 
+/// Where decoded events go.
+pub trait EventSink {
+    fn event(&mut self, event: Event);
+    /// Called when the ring buffer is drained: a place to flush output.
+    fn drained(&mut self);
+}
+
 pub async fn run(
     ring: RingBuf<MapData>,
     stats: Arc<ReaderStats>,
-    mut on_event: impl FnMut(Event),
+    mut sink: impl EventSink,
 ) -> anyhow::Result<()> {
     let mut ring = readable_fd(ring)?;
     let mut cache = ProcessCache::default();
@@ -44,7 +51,7 @@ pub async fn run(
             match events::decode(&item) {
                 Ok(raw) => {
                     drop(item);
-                    on_event(cache.enrich(raw));
+                    sink.event(cache.enrich(raw));
                 }
                 Err(e) => {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -52,6 +59,7 @@ pub async fn run(
                 }
             }
         }
+        sink.drained();
         guard.clear_ready();
     }
 }

@@ -107,6 +107,33 @@ pub fn open_flags(flags: i32) -> String {
     out.join("|")
 }
 
+/// `--log json`: one line per event on stdout, flushed when the reader has
+/// drained the ring buffer (not per line: a flood must not stall the reader).
+pub struct JsonLines<W: Write> {
+    out: std::io::BufWriter<W>,
+    clock: Clock,
+}
+
+impl<W: Write> JsonLines<W> {
+    pub fn new(out: W) -> Self {
+        Self { out: std::io::BufWriter::with_capacity(1 << 16, out), clock: Clock::new() }
+    }
+}
+
+impl<W: Write> crate::observer::EventSink for JsonLines<W> {
+    fn event(&mut self, event: Event) {
+        if let Err(e) = write_json(&mut self.out, &self.clock, &event) {
+            log::error!("writing an event: {e}");
+        }
+    }
+
+    fn drained(&mut self) {
+        if let Err(e) = self.out.flush() {
+            log::error!("flushing events: {e}");
+        }
+    }
+}
+
 pub fn write_json(out: &mut impl Write, clock: &Clock, ev: &Event) -> std::io::Result<()> {
     let p = &ev.process;
     let (flags, argv, raw_path) = match &ev.target {

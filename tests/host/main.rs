@@ -1,0 +1,6 @@
+//! Integration tests against the real host kernel (fallback mode: tracepoints).
+//! They load the programs, so they need root; without it they fail, loudly.
+mod support;
+
+mod bad_input;
+mod pipeline;

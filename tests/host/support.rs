@@ -1,0 +1,145 @@
+//! A real daemon per test, on its own control socket: each daemon loads its
+//! own programs and maps, so tests running side by side see only their own
+//! sessions.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const AGENTGATE: &str = env!("CARGO_BIN_EXE_agentgate");
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the kernel tests load eBPF programs and must run as root (cargo xtask test does this)"
+    );
+}
+
+pub struct Daemon {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(extra: &[&str]) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agentgate.sock");
+        let child = Command::new(AGENTGATE)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--log", "json"])
+            .args(extra)
+            .stdout(fs::File::create(dir.path().join("events.jsonl")).unwrap())
+            .stderr(fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .expect("start agentgate daemon");
+        let mut d = Daemon { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.socket.exists() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daemon exited with {status}: {}", d.log());
+            }
+            assert!(Instant::now() < deadline, "daemon did not open its socket: {}", d.log());
+            sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `agentgate ARGS…` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(AGENTGATE).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    /// Runs `sh -c script` inside a new session; returns its output.
+    pub fn exec_sh(&self, script: &str) -> Output {
+        let out = self.cli(&["exec", "--intent", "test", "--", "sh", "-c", script]);
+        assert!(out.status.success(), "tagged run failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        out
+    }
+
+    /// Every event written so far, once the daemon has had `settle` to catch up.
+    pub fn events(&self, settle: Duration) -> Vec<Value> {
+        sleep(settle);
+        let text = fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))).collect()
+    }
+
+    /// Waits until `count` events satisfy `pred`, or `timeout`.
+    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self.events(Duration::from_millis(100));
+            if pred(&ev) || Instant::now() > deadline {
+                return ev;
+            }
+        }
+    }
+
+    pub fn status(&self) -> String {
+        let out = self.cli(&["status"]);
+        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A counter from `agentgate status` output: row `hook`, column `col`.
+pub fn counter(status: &str, hook: &str, col: usize) -> u64 {
+    status
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(hook))
+        .and_then(|l| l.split_whitespace().nth(col))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {hook} counters in:\n{status}"))
+}
+
+pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}
+
+pub fn u(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+pub fn python() -> String {
+    // The real interpreter, not a version manager's shim script: the flood
+    // test counts this process's opens.
+    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
