@@ -109,10 +109,15 @@ pub const ARGV_MAX: usize = 1024;
 pub const ARG_MAX_EACH: usize = 256;
 /// Arguments read per exec event.
 pub const ARGC_MAX: usize = 32;
+/// Size of a whole record buffer, header included. A power of two: the
+/// kernel masks the length it sends with `EVENT_BUF_LEN - 1`, the one bound
+/// every verifier version (6.1 included) follows through arithmetic.
+pub const EVENT_BUF_LEN: usize = 8192;
 /// Size of the variable part of an event: the path, then (exec only) argv at
-/// `PATH_MAX`. The tail slack lets the verifier prove every bounded copy
-/// stays inside the buffer.
-pub const EVENT_DATA_LEN: usize = PATH_MAX + ARGV_MAX + ARG_MAX_EACH;
+/// `PATH_MAX`; the rest is slack that lets the verifier prove every bounded
+/// copy stays inside the buffer.
+pub const EVENT_DATA_LEN: usize = EVENT_BUF_LEN - EVENT_HEADER_LEN;
+const _: () = assert!(EVENT_DATA_LEN >= PATH_MAX + ARGV_MAX + ARG_MAX_EACH);
 
 /// Fixed part of every ring-buffer record. The kernel sends the header and
 /// only the used part of `data` (`path_len`, or `PATH_MAX + argv_len`).
@@ -154,6 +159,8 @@ pub struct EventHeader {
     pub addr: [u8; 16],
 }
 
+pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
 /// A whole record as the kernel builds it in per-CPU scratch space.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -162,7 +169,6 @@ pub struct EventBuf {
     pub data: [u8; EVENT_DATA_LEN],
 }
 
-pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
 /// What the kernel did when it saw the call.
 #[repr(u32)]
@@ -212,6 +218,7 @@ mod tests {
         assert_eq!(EVENT_HEADER_LEN, fields);
         assert_eq!(EVENT_HEADER_LEN % 8, 0);
         assert_eq!(core::mem::size_of::<ProcTag>(), 24);
+        assert_eq!(core::mem::size_of::<EventBuf>(), EVENT_BUF_LEN);
     }
 
     #[test]

@@ -1,9 +1,7 @@
 //! Building one ring-buffer record in per-CPU scratch space and sending the
 //! used part of it.
-use core::mem::size_of;
-
 use agent_common::{
-    AF_INET, AF_INET6, AF_UNIX, Counter, EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook,
+    AF_INET, AF_INET6, AF_UNIX, Counter, EVENT_BUF_LEN, EVENT_DATA_LEN, EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook,
     KernelAction, PATH_MAX, ProcTag, counter_index,
 };
 use aya_ebpf::helpers::{
@@ -134,11 +132,13 @@ impl Record {
         } else {
             h.path_len as usize
         };
-        let len = EVENT_HEADER_LEN + used;
-        if len > size_of::<EventBuf>() {
+        if used > EVENT_DATA_LEN {
             return;
         }
-        // SAFETY: `len` is within the scratch slot, checked above.
+        // The mask is a no-op after the check above, but it is what the 6.1
+        // verifier can follow (it loses a compare made before the add).
+        let len = (EVENT_HEADER_LEN + used) & (EVENT_BUF_LEN - 1);
+        // SAFETY: `len` < EVENT_BUF_LEN, the size of the scratch slot.
         let bytes = unsafe { core::slice::from_raw_parts(self.buf as *const u8, len) };
         match EVENTS.output::<[u8]>(bytes, 0) {
             Ok(()) => count(hook, Counter::Emitted),

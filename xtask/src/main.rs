@@ -1,1 +1,113 @@
-fn main() {}
+//! `cargo xtask setup|build|run|test|vm-test`: everything a fresh machine
+//! needs, in one place, so that the README's quick start is two commands.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+mod setup;
+mod vm;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh Debian machine lacks (apt packages, bpf-linker, virtme-ng), mount tracefs.
+    Setup,
+    /// Build the kernel programs and the `agentgate` binary (release).
+    Build,
+    /// Set up, build, and run the daemon with the shipped default policy.
+    Run {
+        /// Extra arguments for `agentgate daemon`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit, host kernel (fallback mode), VM kernel.
+    Test,
+    /// Boot a Debian kernel with BPF LSM in qemu and run the kernel tests inside it.
+    VmTest,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse().command) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::run(),
+        Task::Build => build(),
+        Task::Run { args } => {
+            setup::run()?;
+            build()?;
+            let bin = target_dir().join("release/agentgate");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("daemon").arg("--policy").arg(workspace_root().join("policies")).args(args);
+            println!("xtask: running {}", display(&cmd));
+            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+            bail!("cannot run {}: {err}", bin.display())
+        }
+        Task::Test => {
+            setup::run()?;
+            require_root("the kernel tests load eBPF programs")?;
+            cargo(&["test", "--workspace", "--all-targets"])?;
+            vm::run()
+        }
+        Task::VmTest => {
+            setup::run()?;
+            vm::run()
+        }
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "agent-user"])
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub fn require_root(why: &str) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("{why}: run as root (e.g. `sudo -E cargo xtask …`)");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+pub fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+}
+
+pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = display(cmd);
+    let st = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !st.success() {
+        bail!("`{shown}` failed ({st})");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(Command::new(cargo).args(args).current_dir(workspace_root()))
+}

@@ -1,0 +1,68 @@
+//! The kernel tests again, inside a Debian kernel booted with BPF LSM
+//! (virtme-ng over qemu, TCG: nested KVM hangs here; see TOOLCHAIN.md §3).
+//! One boot runs the whole suite; the VM's exit status is the suite's.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, bail};
+
+use crate::{status, workspace_root};
+
+
+/// The newest Debian kernel image installed under /boot.
+fn debian_kernel() -> anyhow::Result<PathBuf> {
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .context("reading /boot")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .collect();
+    kernels.sort();
+    kernels.pop().context("no kernel in /boot: `apt-get install linux-image-amd64` (cargo xtask setup does)")
+}
+
+/// Builds the host test binary and returns its path.
+fn test_binary() -> anyhow::Result<PathBuf> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "-p", "agent-user", "--test", "host", "--no-run", "--message-format=json"])
+        .current_dir(workspace_root())
+        .output()
+        .context("building the kernel tests")?;
+    if !out.status.success() {
+        bail!("building the kernel tests failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"executable\":\"") && l.contains("\"name\":\"host\""))
+        .find_map(|l| {
+            let start = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+            Some(PathBuf::from(&l[start..start + l[start..].find('"')?]))
+        })
+        .context("cargo did not report the kernel test binary")
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let kernel = debian_kernel()?;
+    let tests = test_binary()?;
+    println!("vm-test: booting {} with lsm=…,bpf (TCG, ~20 s) to run {}", kernel.display(), tests.display());
+    // The guest checks that BPF LSM really is active before it runs
+    // anything: a VM that silently lacks it would prove nothing.
+    let script = format!(
+        "set -e; grep -qw bpf /sys/kernel/security/lsm || {{ echo 'vm-test: BPF LSM is not active in the guest'; exit 1; }}; \
+         echo \"vm-test: guest $(uname -r), LSMs $(cat /sys/kernel/security/lsm)\"; \
+         cd {root}; {tests} --test-threads=1",
+        root = workspace_root().display(),
+        tests = tests.display()
+    );
+    status(
+        Command::new("vng")
+            .arg("--run")
+            .arg(&kernel)
+            .args(["--disable-kvm", "--cpus", "2", "--memory", "2G"])
+            // virtme-ng hides /var/cache and /tmp behind tmpfs; the binaries
+            // live in the target dir, so show it to the guest read-only.
+            .arg("--rodir")
+            .arg(crate::target_dir())
+            .args(["--append", "lsm=lockdown,capability,landlock,yama,apparmor,bpf"])
+            .args(["--exec", &script])
+            .current_dir(std::env::temp_dir()),
+    )
+}
