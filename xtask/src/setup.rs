@@ -19,7 +19,7 @@ const APT: &[(&str, &str)] = &[
     ("linux-image-amd64", "a Debian kernel with CONFIG_BPF_LSM for the VM"),
     ("python3-yaml", "the scenario harness"),
     ("systemd", "systemd-journald and journalctl for verdict tests"),
-    ("busybox", "virtme-ng builds the guest's initramfs with it"),
+    ("busybox-static", "virtme-ng builds the guest's initramfs with it"),
 ];
 
 fn installed(pkg: &str) -> bool {
