@@ -42,7 +42,9 @@ fn detect() -> Result<Toolchain, String> {
     if nightly_src {
         return Ok(Toolchain::Nightly);
     }
-    Err(format!("no Rust compiler for bpfel-unknown-none found; {SETUP_HINT}"))
+    Err(format!(
+        "no Rust compiler for bpfel-unknown-none found; {SETUP_HINT}"
+    ))
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -60,7 +62,10 @@ fn main() {
     for p in ["src", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(p).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("agent-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("agent-common/src").display()
+    );
 
     let toolchain = detect().unwrap_or_else(|e| {
         println!("cargo:warning=cannot build the kernel programs: {e}");
@@ -89,7 +94,9 @@ fn main() {
     }
     match toolchain {
         Toolchain::Debian => {
-            cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1").arg("build");
+            cmd.env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .arg("build");
         }
         Toolchain::Nightly => {
             cmd.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core"]);
@@ -103,7 +110,12 @@ fn main() {
         cmd.env("PATH", path);
     }
     cmd.current_dir(&ebpf_dir)
-        .args(["--release", "--target", "bpfel-unknown-none", "--target-dir"])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     let status = cmd.status().expect("run cargo for agent-ebpf");
     if !status.success() {

@@ -59,7 +59,13 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [Hook::Exec, Hook::Open, Hook::Connect, Hook::Fork, Hook::Exit];
+    pub const ALL: [Hook; 5] = [
+        Hook::Exec,
+        Hook::Open,
+        Hook::Connect,
+        Hook::Fork,
+        Hook::Exit,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -168,7 +174,6 @@ pub struct EventBuf {
     pub header: EventHeader,
     pub data: [u8; EVENT_DATA_LEN],
 }
-
 
 /// What the kernel did when it saw the call.
 #[repr(u32)]

@@ -11,7 +11,7 @@ mod maps;
 mod record;
 mod tagging;
 
-use agent_common::{ARGC_MAX, ARG_MAX_EACH, ARGV_MAX, EventKind, Hook, PATH_MAX};
+use agent_common::{ARG_MAX_EACH, ARGC_MAX, ARGV_MAX, EventKind, Hook, PATH_MAX};
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
     macros::tracepoint,
@@ -112,7 +112,12 @@ const O_WRONLY_CREAT_TRUNC: i64 = 0o1 | 0o100 | 0o1000;
 
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    let args = OpenArgs { dirfd: Some(0), path: 1, flags: Some(2), mode: Some(3) };
+    let args = OpenArgs {
+        dirfd: Some(0),
+        path: 1,
+        flags: Some(2),
+        mode: Some(3),
+    };
     match try_open(&ctx, &args, false) {
         Ok(v) | Err(v) => v,
     }
@@ -122,7 +127,12 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     // openat2(dfd, path, struct open_how *how, size): flags and mode are the
     // first two u64 of open_how.
-    let args = OpenArgs { dirfd: Some(0), path: 1, flags: None, mode: None };
+    let args = OpenArgs {
+        dirfd: Some(0),
+        path: 1,
+        flags: None,
+        mode: None,
+    };
     match try_open(&ctx, &args, true) {
         Ok(v) | Err(v) => v,
     }
@@ -130,7 +140,12 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    let args = OpenArgs { dirfd: None, path: 0, flags: Some(1), mode: Some(2) };
+    let args = OpenArgs {
+        dirfd: None,
+        path: 0,
+        flags: Some(1),
+        mode: Some(2),
+    };
     match try_open(&ctx, &args, false) {
         Ok(v) | Err(v) => v,
     }
@@ -138,7 +153,12 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    let args = OpenArgs { dirfd: None, path: 0, flags: None, mode: Some(1) };
+    let args = OpenArgs {
+        dirfd: None,
+        path: 0,
+        flags: None,
+        mode: Some(1),
+    };
     match try_open(&ctx, &args, false) {
         Ok(v) | Err(v) => v,
     }

@@ -1,8 +1,8 @@
 //! Building one ring-buffer record in per-CPU scratch space and sending the
 //! used part of it.
 use agent_common::{
-    AF_INET, AF_INET6, AF_UNIX, Counter, EVENT_BUF_LEN, EVENT_DATA_LEN, EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook,
-    KernelAction, PATH_MAX, ProcTag, counter_index,
+    AF_INET, AF_INET6, AF_UNIX, Counter, EVENT_BUF_LEN, EVENT_DATA_LEN, EVENT_HEADER_LEN, EventBuf,
+    EventHeader, EventKind, Hook, KernelAction, PATH_MAX, ProcTag, counter_index,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -115,7 +115,9 @@ impl Record {
                 // sun_path need not be NUL-terminated (and abstract names start
                 // with NUL), so copy exactly addrlen - 2 bytes.
                 let n = (h.arg2 as usize).saturating_sub(2).min(UNIX_PATH_MAX);
-                let Some(dest) = self.data().get_mut(..n) else { return };
+                let Some(dest) = self.data().get_mut(..n) else {
+                    return;
+                };
                 if unsafe { bpf_probe_read_user_buf(sa.add(2), dest) }.is_ok() {
                     self.header().path_len = n as u16;
                 }

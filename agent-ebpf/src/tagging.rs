@@ -1,11 +1,11 @@
 //! Which session the current process belongs to, and keeping that true across
 //! fork, exec and exit.
 use agent_common::{EventKind, Hook, ProcTag, TracepointLayout};
-use aya_log_ebpf::warn;
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 
 use crate::{
     maps::{CGROUP_SESSIONS, TAGS},
@@ -15,8 +15,11 @@ use crate::{
 /// Set by the loader from tracefs before load: these records differ between
 /// kernels (TOOLCHAIN.md §4).
 #[unsafe(no_mangle)]
-static LAYOUT: TracepointLayout =
-    TracepointLayout { fork_child_pid: 0, exit_group_dead: 0, _pad: [0; 2] };
+static LAYOUT: TracepointLayout = TracepointLayout {
+    fork_child_pid: 0,
+    exit_group_dead: 0,
+    _pad: [0; 2],
+};
 
 fn layout() -> TracepointLayout {
     // SAFETY: a constant the loader patched; volatile so that the compiler
@@ -44,7 +47,12 @@ pub fn lookup_current() -> Option<ProcTag> {
     // A process placed into a session's cgroup from outside (a container
     // runtime does this before exec): tag it so that its children inherit
     // the session even if they move to another cgroup.
-    let tag = ProcTag { session, start_ns: unsafe { bpf_ktime_get_boot_ns() }, ppid: 0, _pad: 0 };
+    let tag = ProcTag {
+        session,
+        start_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ppid: 0,
+        _pad: 0,
+    };
     let _ = TAGS.insert(&tgid, &tag, 0);
     Some(tag)
 }
@@ -76,7 +84,10 @@ pub fn on_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     // drop so that the daemon reports it.
     if TAGS.insert(&child, &tag, 0).is_err() {
         crate::record::count(Hook::Fork, agent_common::Counter::Dropped);
-        warn!(ctx, "TAGS is full: child {} of session {} is untagged", child, parent.session);
+        warn!(
+            ctx,
+            "TAGS is full: child {} of session {} is untagged", child, parent.session
+        );
         return Ok(0);
     }
     let mut rec = Record::begin(Hook::Fork, EventKind::Fork, &parent)?;

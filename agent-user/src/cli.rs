@@ -15,7 +15,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "agentgate", version, about = "Runtime authorization for AI agents, enforced in the kernel with eBPF")]
+#[command(
+    name = "agentgate",
+    version,
+    about = "Runtime authorization for AI agents, enforced in the kernel with eBPF"
+)]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "AGENTGATE_SOCKET", default_value = control::DEFAULT_SOCKET)]
@@ -76,11 +80,15 @@ pub fn main() -> ExitCode {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .target(env_logger::Target::Stderr)
                 .init();
-            runtime(true).and_then(|rt| rt.block_on(daemon::run(args))).map(|()| ExitCode::SUCCESS)
+            runtime(true)
+                .and_then(|rt| rt.block_on(daemon::run(args)))
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::Exec(args) => exec(&cli.socket, args),
         Command::Status => print_status(&cli.socket),
-        Command::Sessions { command } => sessions(&cli.socket, command.unwrap_or(SessionsCommand::List)),
+        Command::Sessions { command } => {
+            sessions(&cli.socket, command.unwrap_or(SessionsCommand::List))
+        }
         Command::Policy(args) => crate::policy::cli::run(args),
         Command::Audit(args) => crate::audit::cli::run(args),
     };
@@ -111,15 +119,25 @@ fn resolve_command(cmd: &str) -> anyhow::Result<PathBuf> {
     let candidates: Vec<PathBuf> = if cmd.contains('/') {
         vec![PathBuf::from(cmd)]
     } else {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join(cmd)).collect()
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(cmd))
+            .collect()
     };
     let found = candidates.iter().find(|p| p.is_file());
     let Some(path) = found else {
         bail!("command not found: {cmd}");
     };
-    let mode = path.metadata().with_context(|| format!("{}", path.display()))?.permissions().mode();
+    let mode = path
+        .metadata()
+        .with_context(|| format!("{}", path.display()))?
+        .permissions()
+        .mode();
     if mode & 0o111 == 0 {
-        bail!("{} is not executable (mode {:o})", path.display(), mode & 0o777);
+        bail!(
+            "{} is not executable (mode {:o})",
+            path.display(),
+            mode & 0o777
+        );
     }
     Ok(path.clone())
 }
@@ -127,7 +145,9 @@ fn resolve_command(cmd: &str) -> anyhow::Result<PathBuf> {
 fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let program = resolve_command(&args.command[0])?;
     let workspace = match &args.workspace {
-        Some(w) => std::fs::canonicalize(w).with_context(|| format!("workspace {}", w.display()))?,
+        Some(w) => {
+            std::fs::canonicalize(w).with_context(|| format!("workspace {}", w.display()))?
+        }
         None => std::env::current_dir().context("reading the current directory")?,
     };
     let open = control::OpenSession {
@@ -154,7 +174,8 @@ fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
-    let response::Body::Status(s) = call(socket, request::Body::Status(control::StatusRequest {}))? else {
+    let response::Body::Status(s) = call(socket, request::Body::Status(control::StatusRequest {}))?
+    else {
         bail!("unexpected reply from the daemon");
     };
     println!("mode: {}", s.mode);
@@ -164,10 +185,19 @@ fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
         println!("  {p}");
     }
     println!("sessions: {}", s.sessions);
-    println!("events read: {} (malformed: {})", s.events_read, s.events_malformed);
-    println!("{:<10} {:>12} {:>12} {:>12}", "hook", "seen", "emitted", "dropped");
+    println!(
+        "events read: {} (malformed: {})",
+        s.events_read, s.events_malformed
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>12}",
+        "hook", "seen", "emitted", "dropped"
+    );
     for c in &s.counters {
-        println!("{:<10} {:>12} {:>12} {:>12}", c.hook, c.seen, c.emitted, c.dropped);
+        println!(
+            "{:<10} {:>12} {:>12} {:>12}",
+            c.hook, c.seen, c.emitted, c.dropped
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -175,11 +205,18 @@ fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
 fn sessions(socket: &Path, command: SessionsCommand) -> anyhow::Result<ExitCode> {
     match command {
         SessionsCommand::End { id } => {
-            call(socket, request::Body::EndSession(control::EndSession { id }))?;
+            call(
+                socket,
+                request::Body::EndSession(control::EndSession { id }),
+            )?;
             println!("session {id} ended");
         }
         SessionsCommand::List | SessionsCommand::Show { .. } => {
-            let response::Body::Sessions(list) = call(socket, request::Body::ListSessions(control::ListSessions {}))? else {
+            let response::Body::Sessions(list) = call(
+                socket,
+                request::Body::ListSessions(control::ListSessions {}),
+            )?
+            else {
                 bail!("unexpected reply from the daemon");
             };
             let show = match command {
@@ -187,7 +224,11 @@ fn sessions(socket: &Path, command: SessionsCommand) -> anyhow::Result<ExitCode>
                 _ => None,
             };
             let mut found = false;
-            for s in list.sessions.iter().filter(|s| show.is_none_or(|id| id == s.id)) {
+            for s in list
+                .sessions
+                .iter()
+                .filter(|s| show.is_none_or(|id| id == s.id))
+            {
                 found = true;
                 println!(
                     "{}\tpid {}\t{}\tprofile {}\tintent {:?}\tworkspace {}\tcommand {:?}",

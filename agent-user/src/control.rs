@@ -158,15 +158,22 @@ pub struct SessionInfo {
 }
 
 pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("the agentgate daemon is not running (no socket at {0}); start it with `sudo agentgate daemon` or `cargo xtask run`")]
+    #[error(
+        "the agentgate daemon is not running (no socket at {0}); start it with `sudo agentgate daemon` or `cargo xtask run`"
+    )]
     NotRunning(String),
     #[error("cannot reach the daemon at {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("talking to the daemon: {0}")]
     Io(#[from] std::io::Error),
     #[error("the daemon sent an unreadable reply: {0}")]
@@ -180,15 +187,22 @@ pub enum ClientError {
 /// One request, one response.
 pub async fn call(socket: &Path, body: request::Body) -> Result<response::Body, ClientError> {
     let path = socket.display().to_string();
-    let stream = UnixStream::connect(socket).await.map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ClientError::NotRunning(path.clone())
-        }
-        _ => ClientError::Connect { path: path.clone(), source },
-    })?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.clone())
+            }
+            _ => ClientError::Connect {
+                path: path.clone(),
+                source,
+            },
+        })?;
     let mut framed = Framed::new(stream, codec());
     let req = Request { body: Some(body) };
-    framed.send(bytes::Bytes::from(prost::Message::encode_to_vec(&req))).await?;
+    framed
+        .send(bytes::Bytes::from(prost::Message::encode_to_vec(&req)))
+        .await?;
     let frame = framed.next().await.ok_or(ClientError::Closed)??;
     let resp: Response = prost::Message::decode(frame.freeze())?;
     match resp.body {

@@ -71,7 +71,11 @@ struct Shared {
 /// Decides the mode from the probe. Nothing here enforces yet: the daemon
 /// says so instead of implying protection it does not give.
 fn choose_mode(requested: Mode, probe: &loader::Probe) -> anyhow::Result<(String, String)> {
-    let lsm = if probe.bpf_lsm { "available" } else { "not available" };
+    let lsm = if probe.bpf_lsm {
+        "available"
+    } else {
+        "not available"
+    };
     if requested == Mode::Lsm && !probe.bpf_lsm {
         bail!(
             "--mode lsm: BPF LSM is not enabled on this kernel (active LSMs: {}); add `bpf` to the \
@@ -85,7 +89,11 @@ fn choose_mode(requested: Mode, probe: &loader::Probe) -> anyhow::Result<(String
         "tracepoints observe exec, open and connect of tagged processes; nothing is blocked yet \
          (BPF LSM {lsm}; active LSMs: {}); exit tracking: {}",
         probe.lsm_list,
-        if probe.exit_group_dead { "per thread group" } else { "leader exit (no group_dead on this kernel)" }
+        if probe.exit_group_dead {
+            "per thread group"
+        } else {
+            "leader exit (no group_dead on this kernel)"
+        }
     );
     Ok((mode, detail))
 }
@@ -93,17 +101,27 @@ fn choose_mode(requested: Mode, probe: &loader::Probe) -> anyhow::Result<(String
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("agentgate daemon must run as root (it loads eBPF programs): run `sudo agentgate daemon`");
+        bail!(
+            "agentgate daemon must run as root (it loads eBPF programs): run `sudo agentgate daemon`"
+        );
     }
     let probe = loader::probe();
     let (mode, mode_detail) = choose_mode(args.mode, &probe)?;
     if args.log == LogFormat::Journald {
-        log::warn!("--log journald: verdict output to journald is not built yet; writing JSON lines");
+        log::warn!(
+            "--log journald: verdict output to journald is not built yet; writing JSON lines"
+        );
     }
-    let mut loaded = loader::load(&loader::Options { ring_bytes: args.ring_bytes })
-        .context("starting the kernel side")?;
+    let mut loaded = loader::load(&loader::Options {
+        ring_bytes: args.ring_bytes,
+    })
+    .context("starting the kernel side")?;
     log::info!("mode {mode}: {mode_detail}");
-    log::info!("attached {} programs: {}", loaded.attached.len(), loaded.attached.join(", "));
+    log::info!(
+        "attached {} programs: {}",
+        loaded.attached.len(),
+        loaded.attached.join(", ")
+    );
 
     match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
         Ok(logger) => {
@@ -112,7 +130,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         Err(e) => log::warn!("kernel programs' log is not available: {e}"),
     }
 
-    let mut take = |name: &str| loaded.ebpf.take_map(name).with_context(|| format!("the kernel object lacks map {name}"));
+    let mut take = |name: &str| {
+        loaded
+            .ebpf
+            .take_map(name)
+            .with_context(|| format!("the kernel object lacks map {name}"))
+    };
     let ring = RingBuf::try_from(take("EVENTS")?)?;
     let tags = BpfHashMap::try_from(take("TAGS")?)?;
     let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
@@ -131,7 +154,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     log::info!("control socket at {}", args.socket.display());
     let server = tokio::spawn(serve(listener, shared.clone()));
 
-    let observe = tokio::spawn(observer::run(ring, reader, JsonLines::new(std::io::stdout())));
+    let observe = tokio::spawn(observer::run(
+        ring,
+        reader,
+        JsonLines::new(std::io::stdout()),
+    ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -146,9 +173,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 }
 
 async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    let Ok(mut fd) = observer::readable_fd(logger) else { return };
+    let Ok(mut fd) = observer::readable_fd(logger) else {
+        return;
+    };
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }
@@ -164,11 +195,16 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            bail!("another agentgate daemon is running (socket {} answers)", path.display());
+            bail!(
+                "another agentgate daemon is running (socket {} answers)",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
 }
@@ -194,7 +230,10 @@ struct Peer {
 async fn handle_connection(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
     let cred = stream.peer_cred().context("reading peer credentials")?;
     let peer = Peer {
-        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).context("peer has no pid")?,
+        pid: cred
+            .pid()
+            .and_then(|p| u32::try_from(p).ok())
+            .context("peer has no pid")?,
         uid: cred.uid(),
     };
     let mut framed = Framed::new(stream, control::codec());
@@ -233,7 +272,13 @@ fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body 
         },
         Some(request::Body::Status(_)) => response::Body::Status(status(shared)),
         Some(request::Body::ListSessions(_)) => response::Body::Sessions(control::Sessions {
-            sessions: shared.registry.lock().unwrap().iter().map(session_info).collect(),
+            sessions: shared
+                .registry
+                .lock()
+                .unwrap()
+                .iter()
+                .map(session_info)
+                .collect(),
         }),
         Some(request::Body::EndSession(end)) => match end_session(end.id, peer, shared) {
             Ok(()) => response::Body::Done(control::Done {}),
@@ -244,7 +289,13 @@ fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body 
 }
 
 fn session_of(shared: &Shared, pid: u32) -> Option<SessionId> {
-    shared.tags.lock().unwrap().get(&pid, 0).ok().map(|t| t.session)
+    shared
+        .tags
+        .lock()
+        .unwrap()
+        .get(&pid, 0)
+        .ok()
+        .map(|t| t.session)
 }
 
 /// (start time in boot-clock ns, ppid) of a live process, from /proc.
@@ -252,22 +303,43 @@ fn proc_start(pid: u32) -> anyhow::Result<(u64, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("process {pid} is gone"))?;
     // Fields after the last ')' (comm may contain spaces and parentheses).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("unreadable /proc stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unreadable /proc stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ppid: u32 = fields.get(1).and_then(|f| f.parse().ok()).context("no ppid in /proc stat")?;
-    let ticks: u64 = fields.get(19).and_then(|f| f.parse().ok()).context("no starttime in /proc stat")?;
+    let ppid: u32 = fields
+        .get(1)
+        .and_then(|f| f.parse().ok())
+        .context("no ppid in /proc stat")?;
+    let ticks: u64 = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .context("no starttime in /proc stat")?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok((ticks * (1_000_000_000 / hz), ppid))
 }
 
-fn open_session(open: control::OpenSession, peer: &Peer, shared: &Shared) -> anyhow::Result<SessionId> {
+fn open_session(
+    open: control::OpenSession,
+    peer: &Peer,
+    shared: &Shared,
+) -> anyhow::Result<SessionId> {
     if open.pid != peer.pid {
-        bail!("a process may only open a session for itself (asked for pid {}, caller is {})", open.pid, peer.pid);
+        bail!(
+            "a process may only open a session for itself (asked for pid {}, caller is {})",
+            open.pid,
+            peer.pid
+        );
     }
     let (start_ns, ppid) = proc_start(peer.pid)?;
     let ttl = (open.ttl_secs > 0).then(|| Duration::from_secs(open.ttl_secs));
-    let principal = if open.principal.is_empty() { user_name(peer.uid) } else { open.principal };
+    let principal = if open.principal.is_empty() {
+        user_name(peer.uid)
+    } else {
+        open.principal
+    };
     let mut registry = shared.registry.lock().unwrap();
     let session = registry.open(NewSession {
         pid: peer.pid,
@@ -280,23 +352,43 @@ fn open_session(open: control::OpenSession, peer: &Peer, shared: &Shared) -> any
         ttl,
     });
     let id = session.id;
-    let tag = ProcTag { session: id, start_ns, ppid, _pad: 0 };
+    let tag = ProcTag {
+        session: id,
+        start_ns,
+        ppid,
+        _pad: 0,
+    };
     if let Err(e) = shared.tags.lock().unwrap().insert(peer.pid, tag, 0) {
         registry.remove(id);
         bail!("cannot tag pid {}: {e}", peer.pid);
     }
-    log::info!("session {id} opened for pid {} (uid {}): {:?}", peer.pid, peer.uid, registry.get(id).map(|s| &s.intent));
+    log::info!(
+        "session {id} opened for pid {} (uid {}): {:?}",
+        peer.pid,
+        peer.uid,
+        registry.get(id).map(|s| &s.intent)
+    );
     Ok(id)
 }
 
 fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
     let mut registry = shared.registry.lock().unwrap();
-    let session = registry.get(id).with_context(|| format!("no session {id}"))?;
+    let session = registry
+        .get(id)
+        .with_context(|| format!("no session {id}"))?;
     if peer.uid != 0 && peer.uid != session.uid {
-        bail!("only root or the session's owner (uid {}) may end session {id}", session.uid);
+        bail!(
+            "only root or the session's owner (uid {}) may end session {id}",
+            session.uid
+        );
     }
     let mut tags = shared.tags.lock().unwrap();
-    let pids: Vec<u32> = tags.iter().filter_map(Result::ok).filter(|(_, t)| t.session == id).map(|(p, _)| p).collect();
+    let pids: Vec<u32> = tags
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, t)| t.session == id)
+        .map(|(p, _)| p)
+        .collect();
     for pid in pids {
         let _ = tags.remove(&pid);
     }

@@ -85,8 +85,12 @@ pub enum Target {
         flags: i32,
         mode: u32,
     },
-    Connect { addr: ConnectAddr },
-    Fork { child: u32 },
+    Connect {
+        addr: ConnectAddr,
+    },
+    Fork {
+        child: u32,
+    },
     Exit,
 }
 
@@ -122,14 +126,20 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     let data = &bytes[EVENT_HEADER_LEN..];
     let path_len = header.path_len as usize;
     if data.len() < path_len {
-        return Err(DecodeError::Truncated { claimed: path_len, have: data.len() });
+        return Err(DecodeError::Truncated {
+            claimed: path_len,
+            have: data.len(),
+        });
     }
     let path = data[..path_len].to_vec();
     let mut argv = Vec::new();
     if kind == EventKind::Exec && header.argv_len > 0 {
         let end = PATH_MAX + header.argv_len as usize;
         if data.len() < end {
-            return Err(DecodeError::Truncated { claimed: end, have: data.len() });
+            return Err(DecodeError::Truncated {
+                claimed: end,
+                have: data.len(),
+            });
         }
         argv = data[PATH_MAX..end]
             .split(|b| *b == 0)
@@ -137,11 +147,20 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             .map(<[u8]>::to_vec)
             .collect();
     }
-    Ok(RawEvent { header, kind, path, argv })
+    Ok(RawEvent {
+        header,
+        kind,
+        path,
+        argv,
+    })
 }
 
 pub fn comm(header: &EventHeader) -> String {
-    let end = header.comm.iter().position(|b| *b == 0).unwrap_or(header.comm.len());
+    let end = header
+        .comm
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(header.comm.len());
     String::from_utf8_lossy(&header.comm[..end]).into_owned()
 }
 

@@ -26,16 +26,26 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0} (run as root, or `mount -t tracefs nodev {TRACEFS}`)")]
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed: {0} (run as root, or `mount -t tracefs nodev {TRACEFS}`)"
+    )]
     Tracefs(std::io::Error),
     #[error("cannot read the format of tracepoint {event}: {source}")]
-    Format { event: String, source: std::io::Error },
+    Format {
+        event: String,
+        source: std::io::Error,
+    },
     #[error("tracepoint {event} has no field `{field}` on this kernel")]
     Field { event: String, field: &'static str },
-    #[error("loading the kernel programs failed: {0} (agentgate needs root or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN)")]
+    #[error(
+        "loading the kernel programs failed: {0} (agentgate needs root or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN)"
+    )]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("the kernel object lacks program {0}")]
     Missing(&'static str),
 }
@@ -55,7 +65,11 @@ pub fn probe() -> Probe {
     let lsm_list = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     let bpf_lsm = lsm_list.trim().split(',').any(|l| l == "bpf");
     let exit_group_dead = field_offset("sched", "sched_process_exit", "group_dead").is_ok();
-    Probe { bpf_lsm, lsm_list: lsm_list.trim().to_owned(), exit_group_dead }
+    Probe {
+        bpf_lsm,
+        lsm_list: lsm_list.trim().to_owned(),
+        exit_group_dead,
+    }
 }
 
 fn ensure_tracefs() -> Result<(), LoadError> {
@@ -67,7 +81,9 @@ fn ensure_tracefs() -> Result<(), LoadError> {
         .status()
         .map_err(LoadError::Tracefs)?;
     if !status.success() || !Path::new(TRACEFS).join("events").is_dir() {
-        return Err(LoadError::Tracefs(std::io::Error::other(format!("mount exited with {status}"))));
+        return Err(LoadError::Tracefs(std::io::Error::other(format!(
+            "mount exited with {status}"
+        ))));
     }
     Ok(())
 }
@@ -76,8 +92,10 @@ fn ensure_tracefs() -> Result<(), LoadError> {
 fn field_offset(group: &str, event: &str, field: &'static str) -> Result<u32, LoadError> {
     let name = format!("{group}/{event}");
     let path = Path::new(TRACEFS).join("events").join(&name).join("format");
-    let text = fs::read_to_string(&path)
-        .map_err(|source| LoadError::Format { event: name.clone(), source })?;
+    let text = fs::read_to_string(&path).map_err(|source| LoadError::Format {
+        event: name.clone(),
+        source,
+    })?;
     parse_field_offset(&text, field).ok_or(LoadError::Field { event: name, field })
 }
 
@@ -131,11 +149,17 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
             .ok_or(LoadError::Missing(name))?
             .try_into()
             .map_err(|source| LoadError::Program { name, source })?;
-        prog.load().map_err(|source| LoadError::Program { name, source })?;
-        prog.attach(category, event).map_err(|source| LoadError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+        prog.attach(category, event)
+            .map_err(|source| LoadError::Program { name, source })?;
         attached.push(format!("tracepoint/{category}:{event}"));
     }
-    Ok(Loaded { ebpf, layout, attached })
+    Ok(Loaded {
+        ebpf,
+        layout,
+        attached,
+    })
 }
 
 #[cfg(test)]

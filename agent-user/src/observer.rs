@@ -26,7 +26,7 @@ pub fn readable_fd<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd
     // SAFETY: `T` owns its fd (an aya map or perf/ring buffer), which stays
     // open and unchanged until the AsyncFd, and with it `T`, is dropped.
     unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
-        .map_err(|e| std::io::Error::from(e))
+        .map_err(std::io::Error::from)
 }
 
 /// Where decoded events go.

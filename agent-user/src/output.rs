@@ -14,7 +14,10 @@ pub struct Clock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid clock id and a valid out pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -22,7 +25,9 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 impl Clock {
     pub fn new() -> Self {
-        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) }
+        Self {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        }
     }
 
     pub fn wall(&self, boot_ns: u64) -> std::time::SystemTime {
@@ -75,9 +80,15 @@ pub fn kind_name(t: &Target) -> &'static str {
 pub fn target_string(t: &Target) -> String {
     match t {
         Target::Exec { path, .. } | Target::Open { path, .. } => path.display().to_string(),
-        Target::Connect { addr: ConnectAddr::Inet(sa) } => sa.to_string(),
-        Target::Connect { addr: ConnectAddr::Unix(p) } => format!("unix:{}", p.display()),
-        Target::Connect { addr: ConnectAddr::Other(f) } => format!("family:{f}"),
+        Target::Connect {
+            addr: ConnectAddr::Inet(sa),
+        } => sa.to_string(),
+        Target::Connect {
+            addr: ConnectAddr::Unix(p),
+        } => format!("unix:{}", p.display()),
+        Target::Connect {
+            addr: ConnectAddr::Other(f),
+        } => format!("family:{f}"),
         Target::Fork { child } => child.to_string(),
         Target::Exit => String::new(),
     }
@@ -116,7 +127,10 @@ pub struct JsonLines<W: Write> {
 
 impl<W: Write> JsonLines<W> {
     pub fn new(out: W) -> Self {
-        Self { out: std::io::BufWriter::with_capacity(1 << 16, out), clock: Clock::new() }
+        Self {
+            out: std::io::BufWriter::with_capacity(1 << 16, out),
+            clock: Clock::new(),
+        }
     }
 }
 
@@ -137,8 +151,12 @@ impl<W: Write> crate::observer::EventSink for JsonLines<W> {
 pub fn write_json(out: &mut impl Write, clock: &Clock, ev: &Event) -> std::io::Result<()> {
     let p = &ev.process;
     let (flags, argv, raw_path) = match &ev.target {
-        Target::Open { flags, raw_path, .. } => (Some(open_flags(*flags)), None, Some(raw_path.as_path())),
-        Target::Exec { argv, raw_path, .. } => (None, Some(argv.as_slice()), Some(raw_path.as_path())),
+        Target::Open {
+            flags, raw_path, ..
+        } => (Some(open_flags(*flags)), None, Some(raw_path.as_path())),
+        Target::Exec { argv, raw_path, .. } => {
+            (None, Some(argv.as_slice()), Some(raw_path.as_path()))
+        }
         _ => (None, None, None),
     };
     let line = JsonEvent {
@@ -171,7 +189,13 @@ mod tests {
     #[test]
     fn flags_read_like_the_man_page() {
         assert_eq!(open_flags(libc::O_RDONLY), "O_RDONLY");
-        assert_eq!(open_flags(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC), "O_WRONLY|O_CREAT|O_TRUNC");
-        assert_eq!(open_flags(libc::O_RDWR | libc::O_DIRECTORY), "O_RDWR|O_DIRECTORY");
+        assert_eq!(
+            open_flags(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC),
+            "O_WRONLY|O_CREAT|O_TRUNC"
+        );
+        assert_eq!(
+            open_flags(libc::O_RDWR | libc::O_DIRECTORY),
+            "O_RDWR|O_DIRECTORY"
+        );
     }
 }

@@ -62,8 +62,17 @@ impl ProcessCache {
                 let path = fs::canonicalize(&joined).unwrap_or(joined);
                 // After this exec the process runs the new image.
                 known.exe = Some(path.clone());
-                let argv = raw.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-                Target::Exec { path, raw_path, argv, dirfd }
+                let argv = raw
+                    .argv
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                Target::Exec {
+                    path,
+                    raw_path,
+                    argv,
+                    dirfd,
+                }
             }
             EventKind::Open => {
                 let raw_path = bytes_path(&raw.path);
@@ -77,11 +86,19 @@ impl ProcessCache {
                     mode: h.arg2 as u32,
                 }
             }
-            EventKind::Connect => Target::Connect { addr: events::connect_addr(h, &raw.path) },
+            EventKind::Connect => Target::Connect {
+                addr: events::connect_addr(h, &raw.path),
+            },
             EventKind::Fork => {
                 let child = h.arg0 as u32;
                 let inherited = self.procs.get(&pid).cloned().unwrap_or_default();
-                self.procs.insert(child, Known { ppid: pid, ..inherited });
+                self.procs.insert(
+                    child,
+                    Known {
+                        ppid: pid,
+                        ..inherited
+                    },
+                );
                 Target::Fork { child }
             }
             EventKind::Exit => Target::Exit,
@@ -169,10 +186,22 @@ mod tests {
     #[test]
     fn relative_paths_resolve_against_the_base() {
         let etc = Path::new("/etc");
-        assert_eq!(absolute(Path::new("hostname"), Some(etc)), Path::new("/etc/hostname"));
-        assert_eq!(absolute(Path::new("../etc/./shadow"), Some(etc)), Path::new("/etc/shadow"));
-        assert_eq!(absolute(Path::new("//etc///shadow"), None), Path::new("/etc/shadow"));
-        assert_eq!(absolute(Path::new("/../../etc/shadow"), Some(etc)), Path::new("/etc/shadow"));
+        assert_eq!(
+            absolute(Path::new("hostname"), Some(etc)),
+            Path::new("/etc/hostname")
+        );
+        assert_eq!(
+            absolute(Path::new("../etc/./shadow"), Some(etc)),
+            Path::new("/etc/shadow")
+        );
+        assert_eq!(
+            absolute(Path::new("//etc///shadow"), None),
+            Path::new("/etc/shadow")
+        );
+        assert_eq!(
+            absolute(Path::new("/../../etc/shadow"), Some(etc)),
+            Path::new("/etc/shadow")
+        );
         // Without a base a relative path stays relative: nothing is invented.
         assert_eq!(absolute(Path::new("x/y"), None), Path::new("x/y"));
     }

@@ -43,8 +43,14 @@ impl Registry {
     /// Ids start from the wall clock so that a restarted daemon does not hand
     /// out an id that is still in a pinned map or an audit record.
     pub fn new() -> Self {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        Self { sessions: BTreeMap::new(), next: secs << 16 }
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Self {
+            sessions: BTreeMap::new(),
+            next: secs << 16,
+        }
     }
 
     pub fn open(&mut self, s: NewSession) -> &Session {

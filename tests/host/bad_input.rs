@@ -24,14 +24,23 @@ fn exec_without_a_daemon_says_how_to_start_it_and_runs_nothing() {
         .unwrap();
     one_line_failure(&out, "daemon is not running");
     assert!(String::from_utf8_lossy(&out.stderr).contains("agentgate daemon"));
-    assert!(!witness.exists(), "the command must not run without a session");
+    assert!(
+        !witness.exists(),
+        "the command must not run without a session"
+    );
 }
 
 #[test]
 fn exec_with_a_missing_command() {
-    let out = Command::new(AGENTGATE).args(["--socket", "/nonexistent", "exec", "--", "no-such-cmd-xyz"]).output().unwrap();
+    let out = Command::new(AGENTGATE)
+        .args(["--socket", "/nonexistent", "exec", "--", "no-such-cmd-xyz"])
+        .output()
+        .unwrap();
     one_line_failure(&out, "command not found: no-such-cmd-xyz");
-    let out = Command::new(AGENTGATE).args(["exec", "--"]).output().unwrap();
+    let out = Command::new(AGENTGATE)
+        .args(["exec", "--"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }
 
@@ -40,7 +49,10 @@ fn exec_of_a_non_executable_file() {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     writeln!(f, "#!/bin/sh").unwrap();
     let path = f.path().to_str().unwrap();
-    let out = Command::new(AGENTGATE).args(["--socket", "/nonexistent", "exec", "--", path]).output().unwrap();
+    let out = Command::new(AGENTGATE)
+        .args(["--socket", "/nonexistent", "exec", "--", path])
+        .output()
+        .unwrap();
     one_line_failure(&out, "is not executable");
 }
 
@@ -52,11 +64,19 @@ fn malformed_control_messages_are_refused_and_the_daemon_lives_on() {
     sock.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
     let mut reply = vec![0u8; 256];
     let n = std::io::Read::read(&mut sock, &mut reply).unwrap();
-    assert!(String::from_utf8_lossy(&reply[..n]).contains("malformed request"), "{:?}", &reply[..n]);
+    assert!(
+        String::from_utf8_lossy(&reply[..n]).contains("malformed request"),
+        "{:?}",
+        &reply[..n]
+    );
     let mut sock = UnixStream::connect(&d.socket).unwrap();
     sock.write_all(&[0x7f, 0xff, 0xff, 0xff]).unwrap();
     let n = std::io::Read::read(&mut sock, &mut reply).unwrap();
-    assert!(String::from_utf8_lossy(&reply[..n]).contains("malformed frame"), "{:?}", &reply[..n]);
+    assert!(
+        String::from_utf8_lossy(&reply[..n]).contains("malformed frame"),
+        "{:?}",
+        &reply[..n]
+    );
     // Still serving.
     assert!(d.status().contains("mode: "));
 }
@@ -64,7 +84,17 @@ fn malformed_control_messages_are_refused_and_the_daemon_lives_on() {
 #[test]
 fn a_tagged_process_cannot_use_the_control_socket() {
     let d = Daemon::start(&[]);
-    let out = d.exec_sh(&format!("{AGENTGATE} --socket {} status; echo rc=$?", d.socket.display()));
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(all.contains("refused: the caller") && all.contains("rc=1"), "{all}");
+    let out = d.exec_sh(&format!(
+        "{AGENTGATE} --socket {} status; echo rc=$?",
+        d.socket.display()
+    ));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("refused: the caller") && all.contains("rc=1"),
+        "{all}"
+    );
 }

@@ -22,24 +22,34 @@ fn tagged_session_yields_linked_events_and_untagged_neighbour_none() {
         )
     };
     // The untagged twin runs at the same moment, doing the same things.
-    let untagged = Command::new("sh").args(["-c", &script(path_str(&untagged_file), 10)]).spawn().unwrap();
+    let untagged = Command::new("sh")
+        .args(["-c", &script(path_str(&untagged_file), 10)])
+        .spawn()
+        .unwrap();
     d.exec_sh(&script(path_str(&tagged_file), 9));
     assert!(untagged.wait_with_output().unwrap().status.success());
 
     let events = d.wait_for(Duration::from_secs(10), |ev| {
-        ev.iter().filter(|e| s(e, "target") == path_str(&tagged_file)).count() >= 2
+        ev.iter()
+            .filter(|e| s(e, "target") == path_str(&tagged_file))
+            .count()
+            >= 2
     });
     let untagged_seen: Vec<_> = events
         .iter()
-        .filter(|e| {
-            s(e, "target") == path_str(&untagged_file) || s(e, "target") == "127.0.0.1:10"
-        })
+        .filter(|e| s(e, "target") == path_str(&untagged_file) || s(e, "target") == "127.0.0.1:10")
         .collect();
-    assert!(untagged_seen.is_empty(), "untagged activity was reported: {untagged_seen:?}");
+    assert!(
+        untagged_seen.is_empty(),
+        "untagged activity was reported: {untagged_seen:?}"
+    );
 
     let session = u(&events[0], "session");
     assert_ne!(session, 0);
-    assert!(events.iter().all(|e| u(e, "session") == session), "events from another session");
+    assert!(
+        events.iter().all(|e| u(e, "session") == session),
+        "events from another session"
+    );
 
     let execs: Vec<_> = events.iter().filter(|e| s(e, "kind") == "exec").collect();
     let exec_of = |suffix: &str| {
@@ -54,27 +64,52 @@ fn tagged_session_yields_linked_events_and_untagged_neighbour_none() {
         .iter()
         .find(|e| s(e, "target").contains("python3"))
         .unwrap_or_else(|| panic!("no exec of python3 in {execs:#?}"));
-    assert_eq!(u(cat, "ppid"), u(sh, "pid"), "cat's parent is the session's sh");
-    assert_eq!(u(python_exec, "ppid"), u(sh, "pid"), "python3's parent is the session's sh");
+    assert_eq!(
+        u(cat, "ppid"),
+        u(sh, "pid"),
+        "cat's parent is the session's sh"
+    );
+    assert_eq!(
+        u(python_exec, "ppid"),
+        u(sh, "pid"),
+        "python3's parent is the session's sh"
+    );
 
     let hostname: Vec<_> = events
         .iter()
         .filter(|e| s(e, "kind") == "open" && s(e, "target") == "/etc/hostname")
         .collect();
-    assert_eq!(hostname.len(), 1, "one open of /etc/hostname: {hostname:#?}");
-    assert_eq!(s(hostname[0], "raw_path"), "hostname", "it was opened by a relative path");
+    assert_eq!(
+        hostname.len(),
+        1,
+        "one open of /etc/hostname: {hostname:#?}"
+    );
+    assert_eq!(
+        s(hostname[0], "raw_path"),
+        "hostname",
+        "it was opened by a relative path"
+    );
     assert_eq!(s(hostname[0], "comm"), "cat");
 
-    let connects: Vec<_> = events.iter().filter(|e| s(e, "kind") == "connect").collect();
+    let connects: Vec<_> = events
+        .iter()
+        .filter(|e| s(e, "kind") == "connect")
+        .collect();
     assert_eq!(connects.len(), 1, "{connects:#?}");
     assert_eq!(s(connects[0], "target"), "127.0.0.1:9");
     assert_eq!(u(connects[0], "pid"), u(python_exec, "pid"));
 
     // The setsid grandchild: a new session id in the kernel's sense, still
     // in ours. Its open comes from a process whose parent is not sh.
-    let opens: Vec<_> = events.iter().filter(|e| s(e, "target") == path_str(&tagged_file)).collect();
+    let opens: Vec<_> = events
+        .iter()
+        .filter(|e| s(e, "target") == path_str(&tagged_file))
+        .collect();
     assert_eq!(opens.len(), 2, "{opens:#?}");
-    let setsid_open = opens.iter().find(|e| u(e, "ppid") != u(sh, "pid")).expect("the setsid child's open");
+    let setsid_open = opens
+        .iter()
+        .find(|e| u(e, "ppid") != u(sh, "pid"))
+        .expect("the setsid child's open");
     assert!(u(setsid_open, "pid") != u(sh, "pid"));
 }
 
@@ -94,9 +129,16 @@ fn flood_of_opens_is_delivered_or_counted_as_dropped() {
     let events = d.wait_for(Duration::from_secs(30), |ev| {
         ev.iter().filter(|e| s(e, "target") == target).count() as u64 + dropped >= N
     });
-    let delivered = events.iter().filter(|e| s(e, "kind") == "open" && s(e, "target") == target).count() as u64;
+    let delivered = events
+        .iter()
+        .filter(|e| s(e, "kind") == "open" && s(e, "target") == target)
+        .count() as u64;
     println!("flood: {N} opens, delivered {delivered}, dropped {dropped}");
-    assert_eq!(delivered + dropped, N, "every open is delivered or counted as dropped");
+    assert_eq!(
+        delivered + dropped,
+        N,
+        "every open is delivered or counted as dropped"
+    );
     assert!(after.contains("dropped"), "{after}");
 }
 
@@ -105,7 +147,11 @@ fn status_names_the_mode_and_programs() {
     let d = Daemon::start(&[]);
     let st = d.status();
     assert!(st.contains("mode: "), "{st}");
-    for p in ["sched:sched_process_fork", "syscalls:sys_enter_openat", "syscalls:sys_enter_connect"] {
+    for p in [
+        "sched:sched_process_fork",
+        "syscalls:sys_enter_openat",
+        "syscalls:sys_enter_connect",
+    ] {
         assert!(st.contains(p), "{p} not attached: {st}");
     }
 }

@@ -51,7 +51,11 @@ impl Daemon {
             if let Ok(Some(status)) = d.child.try_wait() {
                 panic!("daemon exited with {status}: {}", d.log());
             }
-            assert!(Instant::now() < deadline, "daemon did not open its socket: {}", d.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not open its socket: {}",
+                d.log()
+            );
             sleep(Duration::from_millis(50));
         }
         d
@@ -63,13 +67,23 @@ impl Daemon {
 
     /// `agentgate ARGS…` against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(AGENTGATE).arg("--socket").arg(&self.socket).args(args).output().unwrap()
+        Command::new(AGENTGATE)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Runs `sh -c script` inside a new session; returns its output.
     pub fn exec_sh(&self, script: &str) -> Output {
         let out = self.cli(&["exec", "--intent", "test", "--", "sh", "-c", script]);
-        assert!(out.status.success(), "tagged run failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        assert!(
+            out.status.success(),
+            "tagged run failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
         out
     }
 
@@ -77,11 +91,17 @@ impl Daemon {
     pub fn events(&self, settle: Duration) -> Vec<Value> {
         sleep(settle);
         let text = fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+            .collect()
     }
 
     /// Waits until `count` events satisfy `pred`, or `timeout`.
-    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let ev = self.events(Duration::from_millis(100));
@@ -93,7 +113,11 @@ impl Daemon {
 
     pub fn status(&self) -> String {
         let out = self.cli(&["status"]);
-        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 }
@@ -135,11 +159,13 @@ pub fn u(v: &Value, key: &str) -> u64 {
 pub fn python() -> String {
     // The real interpreter, not a version manager's shim script: the flood
     // test counts this process's opens.
-    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
-

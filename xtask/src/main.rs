@@ -53,7 +53,10 @@ fn run(task: Task) -> anyhow::Result<()> {
             build()?;
             let bin = target_dir().join("release/agentgate");
             let mut cmd = Command::new(&bin);
-            cmd.arg("daemon").arg("--policy").arg(workspace_root().join("policies")).args(args);
+            cmd.arg("daemon")
+                .arg("--policy")
+                .arg(workspace_root().join("policies"))
+                .args(args);
             println!("xtask: running {}", display(&cmd));
             let err = std::os::unix::process::CommandExt::exec(&mut cmd);
             bail!("cannot run {}: {err}", bin.display())
@@ -76,11 +79,16 @@ fn build() -> anyhow::Result<()> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 pub fn require_root(why: &str) -> anyhow::Result<()> {
@@ -91,11 +99,18 @@ pub fn require_root(why: &str) -> anyhow::Result<()> {
 }
 
 fn nix_is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 pub fn display(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn status(cmd: &mut Command) -> anyhow::Result<()> {

@@ -10,16 +10,28 @@ use crate::status;
 const APT: &[(&str, &str)] = &[
     ("rustc-web", "rustc 1.96 that can target bpfel-unknown-none"),
     ("cargo-web", "its cargo"),
-    ("libstd-rust-web-dev-bpf", "precompiled core for bpfel-unknown-none"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "precompiled core for bpfel-unknown-none",
+    ),
     ("llvm-22-dev", "bpf-linker is built against LLVM 22"),
     ("libpolly-22-dev", "bpf-linker's LLVM link"),
     ("clang-22", "bpf-linker's LLVM link"),
     ("libclang-dev", "bindgen for librocksdb-sys"),
     ("qemu-system-x86", "the VM that runs the BPF LSM tests"),
-    ("linux-image-amd64", "a Debian kernel with CONFIG_BPF_LSM for the VM"),
+    (
+        "linux-image-amd64",
+        "a Debian kernel with CONFIG_BPF_LSM for the VM",
+    ),
     ("python3-yaml", "the scenario harness"),
-    ("systemd", "systemd-journald and journalctl for verdict tests"),
-    ("busybox-static", "virtme-ng builds the guest's initramfs with it"),
+    (
+        "systemd",
+        "systemd-journald and journalctl for verdict tests",
+    ),
+    (
+        "busybox-static",
+        "virtme-ng builds the guest's initramfs with it",
+    ),
 ];
 
 fn installed(pkg: &str) -> bool {
@@ -30,11 +42,18 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn on_path(bin: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = APT
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         println!("setup: apt packages present");
     } else {
@@ -60,7 +79,10 @@ pub fn run() -> anyhow::Result<()> {
         println!("setup: bpf-linker present");
     } else {
         println!("setup: building bpf-linker against LLVM 22 (about a minute)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         status(
             Command::new("cargo")
                 .env("PATH", path)

@@ -7,27 +7,42 @@ use anyhow::{Context, bail};
 
 use crate::{status, workspace_root};
 
-
 /// The newest Debian kernel image installed under /boot.
 fn debian_kernel() -> anyhow::Result<PathBuf> {
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
         .context("reading /boot")?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .collect();
     kernels.sort();
-    kernels.pop().context("no kernel in /boot: `apt-get install linux-image-amd64` (cargo xtask setup does)")
+    kernels
+        .pop()
+        .context("no kernel in /boot: `apt-get install linux-image-amd64` (cargo xtask setup does)")
 }
 
 /// Builds the host test binary and returns its path.
 fn test_binary() -> anyhow::Result<PathBuf> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "-p", "agent-user", "--test", "host", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "agent-user",
+            "--test",
+            "host",
+            "--no-run",
+            "--message-format=json",
+        ])
         .current_dir(workspace_root())
         .output()
         .context("building the kernel tests")?;
     if !out.status.success() {
-        bail!("building the kernel tests failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the kernel tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -42,7 +57,11 @@ fn test_binary() -> anyhow::Result<PathBuf> {
 pub fn run() -> anyhow::Result<()> {
     let kernel = debian_kernel()?;
     let tests = test_binary()?;
-    println!("vm-test: booting {} with lsm=…,bpf (TCG, ~20 s) to run {}", kernel.display(), tests.display());
+    println!(
+        "vm-test: booting {} with lsm=…,bpf (TCG, ~20 s) to run {}",
+        kernel.display(),
+        tests.display()
+    );
     // The guest checks that BPF LSM really is active before it runs
     // anything: a VM that silently lacks it would prove nothing.
     let script = format!(
@@ -61,7 +80,10 @@ pub fn run() -> anyhow::Result<()> {
             // live in the target dir, so show it to the guest read-only.
             .arg("--rodir")
             .arg(crate::target_dir())
-            .args(["--append", "lsm=lockdown,capability,landlock,yama,apparmor,bpf"])
+            .args([
+                "--append",
+                "lsm=lockdown,capability,landlock,yama,apparmor,bpf",
+            ])
             .args(["--exec", &script])
             .current_dir(std::env::temp_dir()),
     )

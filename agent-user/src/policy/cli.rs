@@ -15,6 +15,8 @@ pub enum PolicyCommand {
 
 pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        PolicyCommand::Check { .. } => anyhow::bail!("the policy language is not built yet (issue 3)"),
+        PolicyCommand::Check { .. } => {
+            anyhow::bail!("the policy language is not built yet (issue 3)")
+        }
     }
 }
