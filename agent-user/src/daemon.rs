@@ -366,7 +366,7 @@ fn open_session(
         "session {id} opened for pid {} (uid {}): {:?}",
         peer.pid,
         peer.uid,
-        registry.get(id).map(|s| &s.intent)
+        registry.get(id).map(|s| &s.spec.intent)
     );
     Ok(id)
 }
@@ -376,10 +376,10 @@ fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()
     let session = registry
         .get(id)
         .with_context(|| format!("no session {id}"))?;
-    if peer.uid != 0 && peer.uid != session.uid {
+    if peer.uid != 0 && peer.uid != session.spec.uid {
         bail!(
             "only root or the session's owner (uid {}) may end session {id}",
-            session.uid
+            session.spec.uid
         );
     }
     let mut tags = shared.tags.lock().unwrap();
@@ -414,17 +414,18 @@ fn unix_secs(t: std::time::SystemTime) -> u64 {
 }
 
 fn session_info(s: &Session) -> control::SessionInfo {
+    let spec = s.spec.clone();
     control::SessionInfo {
         id: s.id,
-        pid: s.pid,
-        uid: s.uid,
-        principal: s.principal.clone(),
-        profile: s.profile.clone(),
-        intent: s.intent.clone(),
-        workspace: s.workspace.clone(),
+        pid: spec.pid,
+        uid: spec.uid,
+        principal: spec.principal,
+        profile: spec.profile,
+        intent: spec.intent,
+        workspace: spec.workspace,
         created_unix: unix_secs(s.created),
         expires_unix: s.expires.map(unix_secs).unwrap_or(0),
-        command: s.command.clone(),
+        command: spec.command,
     }
 }
 

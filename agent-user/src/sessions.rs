@@ -9,15 +9,7 @@ use agent_common::SessionId;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: SessionId,
-    /// The launcher: the first process of the session.
-    pub pid: u32,
-    pub uid: u32,
-    /// The human the agent acts for.
-    pub principal: String,
-    pub profile: String,
-    pub intent: String,
-    pub workspace: String,
-    pub command: Vec<String>,
+    pub spec: NewSession,
     pub created: SystemTime,
     pub expires: Option<SystemTime>,
 }
@@ -28,9 +20,13 @@ pub struct Registry {
     next: SessionId,
 }
 
+/// What a session is opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSession {
+    /// The launcher: the first process of the session.
     pub pid: u32,
     pub uid: u32,
+    /// The human the agent acts for.
     pub principal: String,
     pub profile: String,
     pub intent: String,
@@ -57,18 +53,7 @@ impl Registry {
         self.next += 1;
         let id = self.next;
         let created = SystemTime::now();
-        let session = Session {
-            id,
-            pid: s.pid,
-            uid: s.uid,
-            principal: s.principal,
-            profile: s.profile,
-            intent: s.intent,
-            workspace: s.workspace,
-            command: s.command,
-            created,
-            expires: s.ttl.map(|t| created + t),
-        };
+        let session = Session { id, expires: s.ttl.map(|t| created + t), spec: s, created };
         self.sessions.entry(id).or_insert(session)
     }
 
@@ -117,9 +102,9 @@ mod tests {
         let b = r.open(new(11)).id;
         assert_ne!(a, 0);
         assert_ne!(a, b);
-        assert_eq!(r.get(a).unwrap().pid, 10);
+        assert_eq!(r.get(a).unwrap().spec.pid, 10);
         assert!(r.get(a).unwrap().expires.is_some());
-        assert_eq!(r.remove(b).unwrap().pid, 11);
+        assert_eq!(r.remove(b).unwrap().spec.pid, 11);
         assert_eq!(r.len(), 1);
     }
 }
