@@ -199,3 +199,86 @@ pub fn kernel_action_name(v: u32) -> &'static str {
         _ => "unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_common::EventBuf;
+
+    use super::*;
+
+    fn header(kind: EventKind) -> EventHeader {
+        // SAFETY: EventHeader is plain data; all zeros is valid.
+        let mut h: EventHeader = unsafe { std::mem::zeroed() };
+        h.kind = kind as u32;
+        h
+    }
+
+    fn record(h: &EventHeader, data: &[u8]) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) plain-data value.
+        let hb = unsafe {
+            std::slice::from_raw_parts((h as *const EventHeader).cast::<u8>(), EVENT_HEADER_LEN)
+        };
+        [hb, data].concat()
+    }
+
+    #[test]
+    fn decodes_exec_path_and_argv() {
+        let mut h = header(EventKind::Exec);
+        h.path_len = 8;
+        h.argv_len = 11;
+        h.arg2 = 2;
+        let mut data = vec![0u8; PATH_MAX + 11];
+        data[..8].copy_from_slice(b"/bin/cat");
+        data[PATH_MAX..].copy_from_slice(b"cat\0/etc/x\0");
+        let ev = decode(&record(&h, &data)).unwrap();
+        assert_eq!(ev.path, b"/bin/cat");
+        assert_eq!(ev.argv, vec![b"cat".to_vec(), b"/etc/x".to_vec()]);
+    }
+
+    #[test]
+    fn refuses_short_truncated_and_unknown_records() {
+        assert_eq!(decode(&[0; 10]), Err(DecodeError::Short(10)));
+        let mut h = header(EventKind::Open);
+        h.path_len = 100;
+        assert_eq!(
+            decode(&record(&h, b"/etc")),
+            Err(DecodeError::Truncated {
+                claimed: 100,
+                have: 4
+            })
+        );
+        h.kind = 99;
+        assert_eq!(decode(&record(&h, &[])), Err(DecodeError::Kind(99)));
+        // A record can never be longer than the kernel's buffer.
+        assert!(std::mem::size_of::<EventBuf>() >= EVENT_HEADER_LEN + PATH_MAX);
+    }
+
+    #[test]
+    fn connect_addresses_of_every_family() {
+        let mut h = header(EventKind::Connect);
+        h.family = AF_INET;
+        h.port = 9;
+        h.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            connect_addr(&h, &[]),
+            ConnectAddr::Inet("127.0.0.1:9".parse().unwrap())
+        );
+        h.family = AF_INET6;
+        h.addr = Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 1]).octets();
+        assert_eq!(
+            connect_addr(&h, &[]),
+            ConnectAddr::Inet("[::ffff:127.0.0.1]:9".parse().unwrap())
+        );
+        h.family = AF_UNIX;
+        assert_eq!(
+            connect_addr(&h, b"/run/x.sock\0\0"),
+            ConnectAddr::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            connect_addr(&h, b"\0abstract"),
+            ConnectAddr::Unix("@abstract".into())
+        );
+        h.family = 17;
+        assert_eq!(connect_addr(&h, &[]), ConnectAddr::Other(17));
+    }
+}

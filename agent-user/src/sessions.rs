@@ -53,7 +53,12 @@ impl Registry {
         self.next += 1;
         let id = self.next;
         let created = SystemTime::now();
-        let session = Session { id, expires: s.ttl.map(|t| created + t), spec: s, created };
+        let session = Session {
+            id,
+            expires: s.ttl.map(|t| created + t),
+            spec: s,
+            created,
+        };
         self.sessions.entry(id).or_insert(session)
     }
 
