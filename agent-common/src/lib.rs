@@ -183,6 +183,183 @@ pub enum KernelAction {
     Observed = 0,
 }
 
+// ---- enforcement: the compiled policy as map contents --------------------
+//
+// The daemon compiles the policy once per session (so that `~` and
+// `${workspace}` are that session's) into a *ruleset*: entries of the maps
+// below keyed by the ruleset id. The kernel looks a call up, takes the
+// strongest verdict of the entries that match, and falls back to the
+// session's default for that access when nothing matches.
+
+/// What is done to a call. Larger wins when several rules match: deny and
+/// kill over refer over audit over allow (audit is allow, recorded).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// No rule matched (an unused slot).
+    None = 0,
+    Allow = 1,
+    Audit = 2,
+    /// Denied now; a human may grant it (a referral).
+    Refer = 3,
+    Deny = 4,
+    /// Denied and the process killed.
+    Kill = 5,
+}
+
+impl Verdict {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Allow,
+            2 => Self::Audit,
+            3 => Self::Refer,
+            4 => Self::Deny,
+            5 => Self::Kill,
+            _ => Self::None,
+        }
+    }
+
+    /// The call is refused.
+    pub const fn blocks(self) -> bool {
+        matches!(self, Self::Refer | Self::Deny | Self::Kill)
+    }
+}
+
+/// What a path rule is about. An open looks up every access its flags ask
+/// for (O_RDWR|O_CREAT: read, write and create) and takes the strongest.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    Read = 0,
+    Write = 1,
+    Create = 2,
+    /// The path of a new program image.
+    Exec = 3,
+    /// The path of a unix socket connected to.
+    ConnectUnix = 4,
+    /// An inet address connected to (`NET_RULES`, not `PATH_RULES`).
+    ConnectInet = 5,
+}
+
+pub const ACCESS_COUNT: usize = 6;
+
+/// Bytes of path in a rule key. The LPM trie takes at most 256 bytes of
+/// key data, and the ruleset id and access use 5 of them; paths are
+/// matched on their first `RULE_PATH_LEN` bytes (longer paths can still match
+/// prefix rules, never exact ones).
+pub const RULE_PATH_LEN: usize = 251;
+
+/// Key data of `PATH_RULES` (path prefixes) and `PATH_SUFFIX_RULES` (the
+/// path reversed, for suffixes such as `*.pem`). The LPM prefix length
+/// counts bits from `ruleset` on: see [`path_prefix_bits`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathRuleKey {
+    pub ruleset: u32,
+    pub access: u8,
+    pub path: [u8; RULE_PATH_LEN],
+}
+
+/// LPM prefix length for a key whose path is significant for `path_bytes`
+/// bytes. An exact path counts its NUL terminator (`len + 1`), so that it
+/// does not match longer paths; a prefix (`/home/u/.ssh/`) does not.
+pub const fn path_prefix_bits(path_bytes: usize) -> u32 {
+    ((5 + path_bytes) * 8) as u32
+}
+
+/// Key data of `NET_RULES`: IPv4 addresses are stored IPv4-mapped
+/// (`::ffff:a.b.c.d`), so `::ffff:127.0.0.1` and `127.0.0.1` are one
+/// address. `port` 0 means any port; the kernel looks up the real port and
+/// 0 and takes the strongest verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetRuleKey {
+    pub ruleset: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub addr: [u8; 16],
+}
+
+/// LPM prefix length for a `NET_RULES` key with an `addr_bits`-bit network
+/// (an IPv4 /n is `96 + n`).
+pub const fn net_prefix_bits(addr_bits: u32) -> u32 {
+    64 + addr_bits
+}
+
+/// Conditional verdicts per rule entry.
+pub const RULE_SLOTS: usize = 4;
+
+/// One rule's verdict on a key, and the session labels it depends on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleSlot {
+    /// Applies only when the session has every one of these labels.
+    pub require: u64,
+    /// Applies only when the session has none of these labels.
+    pub forbid: u64,
+    /// Labels added to the session when the call goes through.
+    pub set_labels: u64,
+    /// The rule's id in the compiled policy (0: none).
+    pub rule: u32,
+    /// A [`Verdict`].
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+}
+
+impl RuleSlot {
+    pub const fn applies(&self, labels: u64) -> bool {
+        self.verdict != Verdict::None as u8
+            && labels & self.require == self.require
+            && labels & self.forbid == 0
+    }
+}
+
+/// Value of `PATH_RULES`, `PATH_SUFFIX_RULES` and `NET_RULES`: the rules on
+/// one key. The compiler folds every less specific rule that also covers the
+/// key into it, so that the longest match alone gives the right answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleEntry {
+    pub slots: [RuleSlot; RULE_SLOTS],
+}
+
+/// The session is past its TTL: every call is refused.
+pub const SESSION_EXPIRED: u32 = 1;
+/// Past its TTL, and its processes are killed on their next call.
+pub const SESSION_EXPIRED_KILL: u32 = 2;
+
+/// Value of `SESSION_POLICY`, keyed by session id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// Key prefix of this session's entries in the rule maps.
+    pub ruleset: u32,
+    /// `SESSION_*` flags.
+    pub flags: u32,
+    /// Verdict when no rule matches, per [`Access`].
+    pub defaults: [u8; ACCESS_COUNT],
+    pub _pad: [u8; 2],
+    /// Rule id reported with a default verdict, per [`Access`].
+    pub default_rules: [u32; ACCESS_COUNT],
+}
+
+/// Value of `CONFIG[0]`: how the programs enforce.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnforceConfig {
+    /// One of `ENFORCE_*`.
+    pub enforce: u32,
+    pub _pad: u32,
+}
+
+/// Verdicts are computed and reported, nothing is blocked.
+pub const ENFORCE_OFF: u32 = 0;
+/// Fallback: syscall tracepoints kill, cgroup connect hooks refuse.
+pub const ENFORCE_FALLBACK: u32 = 1;
+/// BPF LSM hooks refuse (and kill); tracepoints only observe.
+pub const ENFORCE_LSM: u32 = 2;
+
 pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -209,6 +386,11 @@ mod pod {
     unsafe impl aya::Pod for super::ProcTag {}
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::TracepointLayout {}
+    unsafe impl aya::Pod for super::PathRuleKey {}
+    unsafe impl aya::Pod for super::NetRuleKey {}
+    unsafe impl aya::Pod for super::RuleEntry {}
+    unsafe impl aya::Pod for super::SessionPolicy {}
+    unsafe impl aya::Pod for super::EnforceConfig {}
 }
 
 #[cfg(test)]
@@ -224,6 +406,11 @@ mod tests {
         assert_eq!(EVENT_HEADER_LEN % 8, 0);
         assert_eq!(core::mem::size_of::<ProcTag>(), 24);
         assert_eq!(core::mem::size_of::<EventBuf>(), EVENT_BUF_LEN);
+        // LPM key data: at most 256 bytes.
+        assert_eq!(core::mem::size_of::<PathRuleKey>(), 256);
+        assert_eq!(core::mem::size_of::<NetRuleKey>(), 24);
+        assert_eq!(core::mem::size_of::<RuleSlot>(), 32);
+        assert_eq!(core::mem::size_of::<SessionPolicy>(), 40);
     }
 
     #[test]
