@@ -59,7 +59,7 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let ebpf_dir = root.join("agent-ebpf");
-    for p in ["src", "Cargo.toml"] {
+    for p in ["src", "Cargo.toml", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(p).display());
     }
     println!(

@@ -87,16 +87,24 @@ pub enum Counter {
     Emitted = 1,
     /// The ring buffer was full: the event was lost, and this says so.
     Dropped = 2,
+    /// The kernel refused the call or killed the caller.
+    Blocked = 3,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 3] = [Counter::Seen, Counter::Emitted, Counter::Dropped];
+    pub const ALL: [Counter; 4] = [
+        Counter::Seen,
+        Counter::Emitted,
+        Counter::Dropped,
+        Counter::Blocked,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Counter::Seen => "seen",
             Counter::Emitted => "emitted",
             Counter::Dropped => "dropped",
+            Counter::Blocked => "blocked",
         }
     }
 }
@@ -131,14 +139,18 @@ const _: () = assert!(EVENT_DATA_LEN >= PATH_MAX + ARGV_MAX + ARG_MAX_EACH);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
     pub kind: u32,
-    /// What the kernel did to the call (see [`KernelAction`]).
-    pub kernel_action: u32,
+    /// The kernel's [`Verdict`] on the call (`None`: it had no say).
+    pub verdict: u8,
+    /// One of `ENFORCED_*`: what the kernel did with the verdict.
+    pub enforced: u8,
+    pub _pad0: [u8; 2],
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad0: u32,
+    /// Id of the rule behind `verdict` (0: none, or the session default).
+    pub rule: u32,
     pub session: SessionId,
     /// With `pid`, the process's exec id (see [`ProcTag::start_ns`]).
     pub start_ns: u64,
@@ -175,13 +187,12 @@ pub struct EventBuf {
     pub data: [u8; EVENT_DATA_LEN],
 }
 
-/// What the kernel did when it saw the call.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelAction {
-    /// Observed and let through.
-    Observed = 0,
-}
+/// The call went through (allowed, or audit-only mode).
+pub const ENFORCED_NONE: u8 = 0;
+/// The call was refused with EPERM.
+pub const ENFORCED_REFUSED: u8 = 1;
+/// The process was sent SIGKILL (and, where the hook can, refused).
+pub const ENFORCED_KILLED: u8 = 2;
 
 // ---- enforcement: the compiled policy as map contents --------------------
 //
@@ -344,31 +355,38 @@ pub struct SessionPolicy {
     pub default_rules: [u32; ACCESS_COUNT],
 }
 
-/// Value of `CONFIG[0]`: how the programs enforce.
+/// Value of `CONFIG[0]`: which hooks judge and whether they block.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EnforceConfig {
-    /// One of `ENFORCE_*`.
-    pub enforce: u32,
-    pub _pad: u32,
+    /// One of `MODE_*`.
+    pub mode: u32,
+    /// 0: verdicts are computed and reported, nothing is blocked
+    /// (`--audit-only`).
+    pub block: u32,
 }
 
-/// Verdicts are computed and reported, nothing is blocked.
-pub const ENFORCE_OFF: u32 = 0;
-/// Fallback: syscall tracepoints kill, cgroup connect hooks refuse.
-pub const ENFORCE_FALLBACK: u32 = 1;
-/// BPF LSM hooks refuse (and kill); tracepoints only observe.
-pub const ENFORCE_LSM: u32 = 2;
+/// No policy yet: the syscall tracepoints report, nobody judges.
+pub const MODE_OBSERVE: u32 = 0;
+/// Syscall tracepoints judge exec/open (SIGKILL) and report connect;
+/// cgroup connect/sendmsg hooks refuse (EPERM).
+pub const MODE_FALLBACK: u32 = 1;
+/// BPF LSM hooks judge and refuse (EPERM; SIGKILL too for kill) and report
+/// open and connect with resolved paths; the open/connect tracepoints stand
+/// down.
+pub const MODE_LSM: u32 = 2;
 
 pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// Offsets into tracepoint records that differ between kernels, read from
-/// tracefs at load time and set as globals (see TOOLCHAIN.md §4).
+/// Offsets that differ between kernels: tracepoint record fields (read from
+/// tracefs) and kernel struct members (read from the running kernel's BTF),
+/// set as a global before load. Rust eBPF has no CO-RE relocations, so this
+/// is how the programs stay correct on 6.1 and 6.18 alike (TOOLCHAIN.md §4).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TracepointLayout {
+pub struct KernelLayout {
     /// `sched_process_fork.child_pid`.
     pub fork_child_pid: u32,
     /// `sched_process_exit.group_dead`, or 0 when the kernel lacks it (6.1):
@@ -376,7 +394,19 @@ pub struct TracepointLayout {
     /// the pid is reused, since deleting on the exit of any one thread would
     /// let the remaining threads out of the session.
     pub exit_group_dead: u32,
-    pub _pad: [u32; 2],
+    /// `sched_process_exec.filename` (a `__data_loc`).
+    pub exec_filename: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.arg_start` and `.arg_end`: the new image's argv block.
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    /// `file.f_path` and `file.f_mode` (LSM `file_open`).
+    pub file_f_path: u32,
+    pub file_f_mode: u32,
+    /// `linux_binprm.file` (LSM `bprm_check_security`).
+    pub bprm_file: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -385,7 +415,7 @@ mod pod {
     // arrays, with explicit padding fields: every bit pattern is valid.
     unsafe impl aya::Pod for super::ProcTag {}
     unsafe impl aya::Pod for super::EventHeader {}
-    unsafe impl aya::Pod for super::TracepointLayout {}
+    unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::PathRuleKey {}
     unsafe impl aya::Pod for super::NetRuleKey {}
     unsafe impl aya::Pod for super::RuleEntry {}

@@ -6,14 +6,23 @@
 //! sessions exist) and nothing else.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
+mod decide;
+mod enforce;
+mod layout;
+mod lsm;
 mod maps;
 mod record;
+mod sock_addr;
 mod tagging;
 
-use agent_common::{ARG_MAX_EACH, ARGC_MAX, ARGV_MAX, EventKind, Hook, PATH_MAX};
+use agent_common::{
+    Access, ENFORCED_NONE, ENFORCED_REFUSED, EventKind, Hook, MODE_FALLBACK, MODE_LSM, Verdict,
+};
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    EbpfContext,
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -29,72 +38,58 @@ const fn syscall_arg(n: usize) -> usize {
 
 // ---- exec ---------------------------------------------------------------
 
+/// Runs once the new image is loaded and before it runs an instruction: a
+/// SIGKILL sent here (fallback) is delivered on the way back to user space,
+/// so a refused program never runs. Only successful execs arrive, which
+/// spares a shell's PATH search from judgement; the argv block is read from
+/// the new mm.
 #[tracepoint]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    match try_exec(&ctx, None) {
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    match try_exec(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    match try_exec(&ctx, Some(0)) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-/// `at` is `Some(first argument index)` for execveat (dfd, path, argv, envp, flags).
-fn try_exec(ctx: &TracePointContext, at: Option<usize>) -> Result<u32, u32> {
+fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(tag) = tagging::lookup_current() else {
         return Ok(0);
     };
-    let base = if at.is_some() { 1 } else { 0 };
+    let l = layout::get();
     let mut rec = Record::begin(Hook::Exec, EventKind::Exec, &tag)?;
-    // SAFETY: offsets are those of sys_enter_execve/execveat.
+    rec.header().arg0 = AT_FDCWD;
+    // SAFETY: offsets from this kernel's tracefs format and BTF.
     unsafe {
-        rec.header().arg0 = AT_FDCWD;
-        if at.is_some() {
-            rec.header().arg0 = ctx.read_at::<i64>(syscall_arg(0)).unwrap_or(-1) as i32 as i64;
-            rec.header().arg1 = ctx.read_at::<i64>(syscall_arg(4)).unwrap_or(0);
+        let loc: u32 = ctx.read_at(l.exec_filename as usize).map_err(|_| 0u32)?;
+        let filename = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+        rec.read_kernel_path(filename);
+        let task = bpf_get_current_task() as *const u8;
+        if let Ok(mm) = bpf_probe_read_kernel(task.add(l.task_mm as usize) as *const *const u8) {
+            let start = bpf_probe_read_kernel(mm.add(l.mm_arg_start as usize) as *const u64);
+            let end = bpf_probe_read_kernel(mm.add(l.mm_arg_end as usize) as *const u64);
+            if let (Ok(start), Ok(end)) = (start, end) {
+                rec.read_argv_block(start as *const u8, end.saturating_sub(start) as usize);
+            }
         }
-        let path: *const u8 = ctx.read_at(syscall_arg(base)).map_err(|_| 0u32)?;
-        rec.read_path(path);
-        let argv: *const *const u8 = ctx.read_at(syscall_arg(base + 1)).map_err(|_| 0u32)?;
-        read_argv(&mut rec, argv);
+    }
+    let cfg = decide::config();
+    if cfg.mode == MODE_LSM {
+        // bprm_check_security judged the resolved file; report its verdict.
+        if let Some(j) = enforce::take_exec_verdict() {
+            rec.judge(&j, ENFORCED_NONE);
+        }
+    } else if cfg.mode == MODE_FALLBACK {
+        if let Some(session) = decide::session(tag.session) {
+            let (path, len) = rec.path();
+            if decide::is_plain_absolute(path, len) {
+                let j = session.path(Access::Exec, path, len);
+                let enforced = enforce::at_tracepoint(&cfg, &j);
+                session.commit(&j);
+                rec.judge(&j, enforced);
+            }
+        }
     }
     rec.emit(Hook::Exec);
     Ok(0)
-}
-
-/// Copies up to `ARGC_MAX` arguments, NUL-separated, into `data[PATH_MAX..]`.
-unsafe fn read_argv(rec: &mut Record, argv: *const *const u8) {
-    if argv.is_null() {
-        return;
-    }
-    let mut used: usize = 0;
-    let mut argc: i64 = 0;
-    for i in 0..ARGC_MAX {
-        // SAFETY: reads user memory through the helper, which faults safely.
-        let Ok(arg) = (unsafe { bpf_probe_read_user(argv.add(i)) }) else {
-            break;
-        };
-        if arg.is_null() || used >= ARGV_MAX {
-            break;
-        }
-        // The mask makes the start provably inside the buffer; `used <
-        // ARGV_MAX` (a power of two) makes it a no-op.
-        let start = PATH_MAX + (used & (ARGV_MAX - 1));
-        let Some(dest) = rec.data().get_mut(start..start + ARG_MAX_EACH) else {
-            break;
-        };
-        let Ok(s) = (unsafe { bpf_probe_read_user_str_bytes(arg, dest) }) else {
-            break;
-        };
-        used += s.len() + 1;
-        argc += 1;
-    }
-    rec.header().argv_len = used.min(ARGV_MAX) as u16;
-    rec.header().arg2 = argc;
 }
 
 // ---- open ---------------------------------------------------------------
@@ -168,6 +163,11 @@ fn try_open(ctx: &TracePointContext, args: &OpenArgs, how: bool) -> Result<u32, 
     let Some(tag) = tagging::lookup_current() else {
         return Ok(0);
     };
+    let cfg = decide::config();
+    if cfg.mode == MODE_LSM {
+        // file_open reports opens with the resolved path.
+        return Ok(0);
+    }
     let mut rec = Record::begin(Hook::Open, EventKind::Open, &tag)?;
     // SAFETY: offsets are those of the matching sys_enter_* record.
     unsafe {
@@ -193,6 +193,18 @@ fn try_open(ctx: &TracePointContext, args: &OpenArgs, how: bool) -> Result<u32, 
         let path: *const u8 = ctx.read_at(syscall_arg(args.path)).map_err(|_| 0u32)?;
         rec.read_path(path);
     }
+    if cfg.mode == MODE_FALLBACK
+        && let Some(session) = decide::session(tag.session)
+    {
+        let flags = rec.header().arg1;
+        let (path, len) = rec.path();
+        if decide::is_plain_absolute(path, len) {
+            let j = enforce::judge_open(&session, flags, path, len);
+            let enforced = enforce::at_tracepoint(&cfg, &j);
+            session.commit(&j);
+            rec.judge(&j, enforced);
+        }
+    }
     rec.emit(Hook::Open);
     Ok(0)
 }
@@ -210,6 +222,11 @@ fn try_connect(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(tag) = tagging::lookup_current() else {
         return Ok(0);
     };
+    let cfg = decide::config();
+    if cfg.mode == MODE_LSM {
+        // socket_connect reports and judges.
+        return Ok(0);
+    }
     let mut rec = Record::begin(Hook::Connect, EventKind::Connect, &tag)?;
     // SAFETY: offsets are those of sys_enter_connect(fd, uservaddr, addrlen).
     unsafe {
@@ -217,6 +234,20 @@ fn try_connect(ctx: &TracePointContext) -> Result<u32, u32> {
         rec.header().arg2 = ctx.read_at::<i64>(syscall_arg(2)).unwrap_or(0);
         let sa: *const u8 = ctx.read_at(syscall_arg(1)).map_err(|_| 0u32)?;
         rec.read_sockaddr(sa);
+    }
+    if cfg.mode == MODE_FALLBACK
+        && let Some(session) = decide::session(tag.session)
+    {
+        // The cgroup hook refuses; this one only reports, and kills for kill.
+        let j = enforce::judge_connect(&session, &mut rec);
+        let enforced = if j.verdict == Verdict::Kill {
+            enforce::at_tracepoint(&cfg, &j)
+        } else if cfg.block != 0 && j.verdict.blocks() {
+            ENFORCED_REFUSED
+        } else {
+            ENFORCED_NONE
+        };
+        rec.judge(&j, enforced);
     }
     rec.emit(Hook::Connect);
     Ok(0)

@@ -1,9 +1,12 @@
 //! The maps shared with the daemon. Names are the daemon's contract: it finds
 //! them by these names in the object and pins them under /sys/fs/bpf/agentgate.
-use agent_common::{COUNTERS_LEN, EventBuf, ProcTag, SessionId};
+use agent_common::{
+    COUNTERS_LEN, EnforceConfig, EventBuf, NetRuleKey, PathRuleKey, ProcTag, RuleEntry, SessionId,
+    SessionPolicy,
+};
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 
 /// tgid (or tid, see `ProcTag`) → session of a process that belongs to one.
@@ -25,3 +28,44 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 /// Scratch space to build one record: too big for the 512-byte stack.
 #[map]
 pub static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+
+// ---- the compiled policy (see agent_common's enforcement section) -------
+
+/// Path prefixes and exact paths, per ruleset and access.
+#[map]
+pub static PATH_RULES: LpmTrie<PathRuleKey, RuleEntry> = LpmTrie::with_max_entries(65536, 0);
+
+/// Path suffixes (`*.pem`, `**/.env`), keyed by the reversed path.
+#[map]
+pub static PATH_SUFFIX_RULES: LpmTrie<PathRuleKey, RuleEntry> = LpmTrie::with_max_entries(65536, 0);
+
+/// CIDRs (IPv4-mapped for v4) with a port or any port.
+#[map]
+pub static NET_RULES: LpmTrie<NetRuleKey, RuleEntry> = LpmTrie::with_max_entries(65536, 0);
+
+/// session → its ruleset, defaults and state.
+#[map]
+pub static SESSION_POLICY: HashMap<SessionId, SessionPolicy> = HashMap::with_max_entries(4096, 0);
+
+/// session → labels it has earned (bitmask), set by rules as calls go through.
+#[map]
+pub static SESSION_LABELS: HashMap<SessionId, u64> = HashMap::with_max_entries(4096, 0);
+
+/// `[0]`: how to enforce. All zero (audit-only) until the daemon says otherwise.
+#[map]
+pub static CONFIG: Array<EnforceConfig> = Array::with_max_entries(1, 0);
+
+/// Room to build rule keys: 260 bytes each, too big for the stack.
+#[map]
+pub static KEY_SCRATCH: PerCpuArray<RuleKeys> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct RuleKeys {
+    pub path: Key<PathRuleKey>,
+    pub net: Key<NetRuleKey>,
+}
+
+/// LSM mode: tid → verdict (low byte) and rule (high half) of an exec that
+/// `bprm_check_security` let through, for `sched_process_exec` to report.
+#[map]
+pub static EXEC_VERDICTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);

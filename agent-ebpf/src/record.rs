@@ -1,16 +1,20 @@
 //! Building one ring-buffer record in per-CPU scratch space and sending the
 //! used part of it.
 use agent_common::{
-    AF_INET, AF_INET6, AF_UNIX, Counter, EVENT_BUF_LEN, EVENT_DATA_LEN, EVENT_HEADER_LEN, EventBuf,
-    EventHeader, EventKind, Hook, KernelAction, PATH_MAX, ProcTag, counter_index,
+    AF_INET, AF_INET6, AF_UNIX, ARGV_MAX, Counter, ENFORCED_NONE, EVENT_BUF_LEN, EVENT_DATA_LEN,
+    EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook, PATH_MAX, ProcTag, Verdict,
+    counter_index,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
-    bpf_probe_read_user_str_bytes,
+    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read, bpf_probe_read_buf,
+    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
 };
 
-use crate::maps::{COUNTERS, EVENTS, SCRATCH};
+use crate::{
+    decide::Judgement,
+    maps::{COUNTERS, EVENTS, SCRATCH},
+};
 
 /// Longest `sun_path`.
 const UNIX_PATH_MAX: usize = 108;
@@ -36,13 +40,15 @@ impl Record {
         // SAFETY: `buf` is this CPU's scratch slot.
         let h = unsafe { &mut (*buf).header };
         h.kind = kind as u32;
-        h.kernel_action = KernelAction::Observed as u32;
+        h.verdict = Verdict::None as u8;
+        h.enforced = ENFORCED_NONE;
+        h._pad0 = [0; 2];
         h.pid = (pid_tgid >> 32) as u32;
         h.tid = pid_tgid as u32;
         h.ppid = tag.ppid;
         h.uid = uid_gid as u32;
         h.gid = (uid_gid >> 32) as u32;
-        h._pad0 = 0;
+        h.rule = 0;
         h.session = tag.session;
         h.start_ns = tag.start_ns;
         // SAFETY: plain helpers without arguments.
@@ -72,6 +78,20 @@ impl Record {
         unsafe { &mut (*self.buf).data }
     }
 
+    /// The path area (`PATH_MAX` bytes) and the path's length in it.
+    pub fn path(&mut self) -> (&[u8], usize) {
+        let len = self.header().path_len as usize;
+        (&self.data()[..PATH_MAX], len)
+    }
+
+    /// Records the kernel's judgement and what was done about it.
+    pub fn judge(&mut self, j: &Judgement, enforced: u8) {
+        let h = self.header();
+        h.verdict = j.verdict as u8;
+        h.rule = j.rule;
+        h.enforced = enforced;
+    }
+
     /// Copies a NUL-terminated user string into the path area.
     ///
     /// # Safety
@@ -85,13 +105,58 @@ impl Record {
         self.header().path_len = len as u16;
     }
 
-    /// Decodes a user `struct sockaddr` of `header.arg2` bytes: family,
-    /// address and port for inet, the path for unix sockets.
+    /// Copies a NUL-terminated kernel string into the path area.
     ///
     /// # Safety
-    /// `sa` is a user-space pointer; the helper faults safely on bad ones.
+    /// `path` is a kernel pointer; the helper faults safely on bad ones.
+    pub unsafe fn read_kernel_path(&mut self, path: *const u8) {
+        let dest = &mut self.data()[..PATH_MAX];
+        let len = match unsafe { bpf_probe_read_kernel_str_bytes(path, dest) } {
+            Ok(s) => s.len(),
+            Err(_) => 0,
+        };
+        self.header().path_len = len as u16;
+    }
+
+    /// Sets the path length after a helper (bpf_d_path) filled the area;
+    /// `written` counts the NUL.
+    pub fn set_path_len(&mut self, written: i64) {
+        self.header().path_len = if written > 0 {
+            ((written - 1) as usize & (PATH_MAX - 1)) as u16
+        } else {
+            0
+        };
+    }
+
+    /// Copies `len` bytes of the user argv block (NUL-separated) after the
+    /// path area.
+    ///
+    /// # Safety
+    /// `argv` is a user-space pointer; the helper faults safely on bad ones.
+    pub unsafe fn read_argv_block(&mut self, argv: *const u8, len: usize) {
+        // Bounded by the mask for the verifier: at most ARGV_MAX - 1 bytes.
+        let n = if len < ARGV_MAX { len } else { ARGV_MAX - 1 } & (ARGV_MAX - 1);
+        let Some(dest) = self.data().get_mut(PATH_MAX..PATH_MAX + n) else {
+            return;
+        };
+        if unsafe { bpf_probe_read_user_buf(argv, dest) }.is_ok() {
+            self.header().argv_len = n as u16;
+            // The decoder counts the arguments itself.
+            self.header().arg2 = -1;
+        }
+    }
+
+    /// Decodes a `struct sockaddr` of `header.arg2` bytes, in user memory
+    /// (syscall tracepoints) or kernel memory (LSM): family, address and
+    /// port for inet, the path for unix sockets.
+    ///
+    /// # Safety
+    /// `sa` is a pointer the probe-read helpers fault safely on.
+    // Inlined: as a BPF subprogram its void return leaves a stack pointer
+    // in r0, which the verifier refuses ("cannot return stack pointer").
+    #[inline(always)]
     pub unsafe fn read_sockaddr(&mut self, sa: *const u8) {
-        let Ok(family) = (unsafe { bpf_probe_read_user(sa as *const u16) }) else {
+        let Ok(family) = (unsafe { bpf_probe_read(sa as *const u16) }) else {
             return;
         };
         let h = self.header();
@@ -99,14 +164,14 @@ impl Record {
         match family {
             AF_INET => {
                 // struct sockaddr_in { family, port (BE), addr[4], zero[8] }
-                if let Ok(raw) = unsafe { bpf_probe_read_user(sa as *const [u8; 8]) } {
+                if let Ok(raw) = unsafe { bpf_probe_read(sa as *const [u8; 8]) } {
                     h.port = u16::from_be_bytes([raw[2], raw[3]]);
                     h.addr[..4].copy_from_slice(&raw[4..8]);
                 }
             }
             AF_INET6 => {
                 // struct sockaddr_in6 { family, port (BE), flowinfo, addr[16], scope }
-                if let Ok(raw) = unsafe { bpf_probe_read_user(sa as *const [u8; 24]) } {
+                if let Ok(raw) = unsafe { bpf_probe_read(sa as *const [u8; 24]) } {
                     h.port = u16::from_be_bytes([raw[2], raw[3]]);
                     h.addr.copy_from_slice(&raw[8..24]);
                 }
@@ -118,7 +183,7 @@ impl Record {
                 let Some(dest) = self.data().get_mut(..n) else {
                     return;
                 };
-                if unsafe { bpf_probe_read_user_buf(sa.add(2), dest) }.is_ok() {
+                if unsafe { bpf_probe_read_buf(sa.add(2), dest) }.is_ok() {
                     self.header().path_len = n as u16;
                 }
             }
@@ -128,7 +193,7 @@ impl Record {
 
     /// Sends the header and the used part of the data; counts the outcome.
     pub fn emit(mut self, hook: Hook) {
-        let h = self.header();
+        let h = *self.header();
         let used = if h.kind == EventKind::Exec as u32 {
             PATH_MAX + h.argv_len as usize
         } else {
@@ -142,6 +207,9 @@ impl Record {
         let len = (EVENT_HEADER_LEN + used) & (EVENT_BUF_LEN - 1);
         // SAFETY: `len` < EVENT_BUF_LEN, the size of the scratch slot.
         let bytes = unsafe { core::slice::from_raw_parts(self.buf as *const u8, len) };
+        if h.enforced != ENFORCED_NONE {
+            count(hook, Counter::Blocked);
+        }
         match EVENTS.output::<[u8]>(bytes, 0) {
             Ok(()) => count(hook, Counter::Emitted),
             Err(_) => count(hook, Counter::Dropped),

@@ -1,6 +1,6 @@
 //! Which session the current process belongs to, and keeping that true across
 //! fork, exec and exit.
-use agent_common::{EventKind, Hook, ProcTag, TracepointLayout};
+use agent_common::{EventKind, Hook, ProcTag};
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     programs::TracePointContext,
@@ -8,24 +8,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 use crate::{
+    layout::get as layout,
     maps::{CGROUP_SESSIONS, TAGS},
     record::Record,
 };
-
-/// Set by the loader from tracefs before load: these records differ between
-/// kernels (TOOLCHAIN.md §4).
-#[unsafe(no_mangle)]
-static LAYOUT: TracepointLayout = TracepointLayout {
-    fork_child_pid: 0,
-    exit_group_dead: 0,
-    _pad: [0; 2],
-};
-
-fn layout() -> TracepointLayout {
-    // SAFETY: a constant the loader patched; volatile so that the compiler
-    // does not fold the zeros above into the code.
-    unsafe { core::ptr::read_volatile(&LAYOUT) }
-}
 
 fn current_tgid_tid() -> (u32, u32) {
     let v = bpf_get_current_pid_tgid();
@@ -113,7 +99,7 @@ pub fn on_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         unsafe { ctx.read_at::<u8>(l.exit_group_dead as usize) }.unwrap_or(0) != 0
     } else {
         // No group_dead on this kernel: report the leader's exit, keep the
-        // tag (see TracepointLayout::exit_group_dead).
+        // tag (see KernelLayout::exit_group_dead).
         tid == tgid
     };
     if !group_dead {

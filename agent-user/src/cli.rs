@@ -190,13 +190,13 @@ fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
         s.events_read, s.events_malformed
     );
     println!(
-        "{:<10} {:>12} {:>12} {:>12}",
-        "hook", "seen", "emitted", "dropped"
+        "{:<10} {:>12} {:>12} {:>12} {:>12}",
+        "hook", "seen", "emitted", "dropped", "blocked"
     );
     for c in &s.counters {
         println!(
-            "{:<10} {:>12} {:>12} {:>12}",
-            c.hook, c.seen, c.emitted, c.dropped
+            "{:<10} {:>12} {:>12} {:>12} {:>12}",
+            c.hook, c.seen, c.emitted, c.dropped, c.blocked
         );
     }
     Ok(ExitCode::SUCCESS)

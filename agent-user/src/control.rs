@@ -125,6 +125,9 @@ pub struct HookCounters {
     pub emitted: u64,
     #[prost(uint64, tag = "4")]
     pub dropped: u64,
+    /// Calls the kernel refused or killed.
+    #[prost(uint64, tag = "5")]
+    pub blocked: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use agent_common::{Counter, Hook, ProcTag, SessionId, counter_index};
+use agent_common::{Counter, Hook, MODE_FALLBACK, MODE_LSM, ProcTag, SessionId, counter_index};
 use anyhow::{Context, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use futures::{SinkExt, StreamExt};
@@ -16,6 +16,7 @@ use tokio_util::codec::Framed;
 
 use crate::{
     control::{self, HookCounters, Request, Response, request, response},
+    enforce::Enforcer,
     loader,
     observer::{self, ReaderStats},
     output::JsonLines,
@@ -65,17 +66,25 @@ struct Shared {
     reader: Arc<ReaderStats>,
     mode: String,
     mode_detail: String,
+    enforcer: Mutex<Enforcer>,
     programs: Vec<String>,
 }
 
-/// Decides the mode from the probe. Nothing here enforces yet: the daemon
-/// says so instead of implying protection it does not give.
-fn choose_mode(requested: Mode, probe: &loader::Probe) -> anyhow::Result<(String, String)> {
-    let lsm = if probe.bpf_lsm {
-        "available"
-    } else {
-        "not available"
-    };
+/// The mode the daemon runs in, and what it does and does not guarantee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeChoice {
+    /// `MODE_LSM` or `MODE_FALLBACK`.
+    pub kernel_mode: u32,
+    pub name: &'static str,
+    pub detail: String,
+}
+
+/// Decides the mode from the probe, and says so: no silent fail-open.
+pub fn choose_mode(
+    requested: Mode,
+    audit_only: bool,
+    probe: &loader::Probe,
+) -> anyhow::Result<ModeChoice> {
     if requested == Mode::Lsm && !probe.bpf_lsm {
         bail!(
             "--mode lsm: BPF LSM is not enabled on this kernel (active LSMs: {}); add `bpf` to the \
@@ -84,18 +93,57 @@ fn choose_mode(requested: Mode, probe: &loader::Probe) -> anyhow::Result<(String
             probe.lsm_list
         );
     }
-    let mode = "observe".to_owned();
+    let lsm = requested == Mode::Lsm || (requested == Mode::Auto && probe.bpf_lsm);
+    let (kernel_mode, name, guarantees) = if lsm {
+        (
+            MODE_LSM,
+            "lsm",
+            "BPF LSM hooks refuse exec, open and connect with EPERM before they happen (kill: \
+             SIGKILL as well), judging resolved paths (symlinks, `..`, /proc/self/root)",
+        )
+    } else {
+        (
+            MODE_FALLBACK,
+            "fallback",
+            "syscall tracepoints SIGKILL a refused exec (before the new image runs) or open \
+             (the open itself completes; the process never uses it); cgroup connect/sendmsg \
+             hooks refuse with EPERM. Paths are judged as written: relative and non-canonical \
+             paths are judged in user space after the call, and killed then",
+        )
+    };
+    let why = match (requested, probe.bpf_lsm) {
+        (Mode::Auto, true) => "BPF LSM is active".to_owned(),
+        (Mode::Auto, false) => format!(
+            "BPF LSM is not active (LSMs: {}; add `bpf` to lsm= on the kernel command line for \
+             lsm mode)",
+            probe.lsm_list
+        ),
+        _ => "as requested".to_owned(),
+    };
+    let blocking = if audit_only {
+        "AUDIT-ONLY: verdicts are computed and logged, nothing is blocked"
+    } else {
+        guarantees
+    };
     let detail = format!(
-        "tracepoints observe exec, open and connect of tagged processes; nothing is blocked yet \
-         (BPF LSM {lsm}; active LSMs: {}); exit tracking: {}",
-        probe.lsm_list,
+        "{why}; {blocking}; exit tracking: {}",
         if probe.exit_group_dead {
             "per thread group"
         } else {
             "leader exit (no group_dead on this kernel)"
         }
     );
-    Ok((mode, detail))
+    Ok(ModeChoice {
+        kernel_mode,
+        name: if audit_only && lsm {
+            "lsm (audit-only)"
+        } else if audit_only {
+            "fallback (audit-only)"
+        } else {
+            name
+        },
+        detail,
+    })
 }
 
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -106,7 +154,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         );
     }
     let probe = loader::probe();
-    let (mode, mode_detail) = choose_mode(args.mode, &probe)?;
+    let mode = choose_mode(args.mode, args.audit_only, &probe)?;
     if args.log == LogFormat::Journald {
         log::warn!(
             "--log journald: verdict output to journald is not built yet; writing JSON lines"
@@ -114,9 +162,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     let mut loaded = loader::load(&loader::Options {
         ring_bytes: args.ring_bytes,
+        lsm: mode.kernel_mode == MODE_LSM,
     })
     .context("starting the kernel side")?;
-    log::info!("mode {mode}: {mode_detail}");
+    let mut enforcer = Enforcer::take(&mut loaded.ebpf).context("reading the rule maps")?;
+    enforcer
+        .configure(mode.kernel_mode, !args.audit_only)
+        .context("setting the enforcement mode")?;
+    log::info!("mode {}: {}", mode.name, mode.detail);
     log::info!(
         "attached {} programs: {}",
         loaded.attached.len(),
@@ -145,8 +198,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         counters,
         registry: Mutex::new(Registry::new()),
         reader: reader.clone(),
-        mode,
-        mode_detail,
+        mode: mode.name.to_owned(),
+        mode_detail: mode.detail,
+        enforcer: Mutex::new(enforcer),
         programs: loaded.attached.clone(),
     });
 
@@ -448,6 +502,7 @@ fn status(shared: &Shared) -> control::Status {
                 seen: sum(h, Counter::Seen),
                 emitted: sum(h, Counter::Emitted),
                 dropped: sum(h, Counter::Dropped),
+                blocked: sum(h, Counter::Blocked),
             })
             .collect(),
         sessions: shared.registry.lock().unwrap().len() as u32,

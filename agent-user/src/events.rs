@@ -8,8 +8,8 @@ use std::{
 };
 
 use agent_common::{
-    AF_INET, AF_INET6, AF_UNIX, EVENT_HEADER_LEN, EventHeader, EventKind, KernelAction, PATH_MAX,
-    SessionId,
+    AF_INET, AF_INET6, AF_UNIX, ENFORCED_KILLED, ENFORCED_REFUSED, EVENT_HEADER_LEN, EventHeader,
+    EventKind, PATH_MAX, SessionId, Verdict,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -103,7 +103,44 @@ pub struct Event {
     pub process: Process,
     #[serde(flatten)]
     pub target: Target,
-    pub kernel_action: &'static str,
+    pub kernel: KernelVerdict,
+}
+
+/// What the kernel decided on the call, and what it did about it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct KernelVerdict {
+    /// `none` when the kernel had no say (no policy, or a path only user
+    /// space can judge).
+    pub verdict: &'static str,
+    /// `none`, `refused` (EPERM) or `killed` (SIGKILL).
+    pub enforced: &'static str,
+    /// The compiled rule's id (0: none or the session default).
+    pub rule: u32,
+}
+
+impl KernelVerdict {
+    pub fn of(h: &EventHeader) -> Self {
+        Self {
+            verdict: verdict_name(Verdict::from_u8(h.verdict)),
+            enforced: match h.enforced {
+                ENFORCED_REFUSED => "refused",
+                ENFORCED_KILLED => "killed",
+                _ => "none",
+            },
+            rule: h.rule,
+        }
+    }
+}
+
+pub fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::None => "none",
+        Verdict::Allow => "allow",
+        Verdict::Audit => "audit",
+        Verdict::Refer => "refer",
+        Verdict::Deny => "deny",
+        Verdict::Kill => "kill",
+    }
 }
 
 /// A decoded kernel record before enrichment (owned, no /proc look-ups).
@@ -141,11 +178,12 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 have: data.len(),
             });
         }
-        argv = data[PATH_MAX..end]
-            .split(|b| *b == 0)
-            .take(header.arg2.max(0) as usize)
-            .map(<[u8]>::to_vec)
-            .collect();
+        let block = &data[PATH_MAX..end];
+        // The kernel copies the whole argv block of the new image (arg2 =
+        // -1): every NUL ends an argument. A block cut at ARGV_MAX keeps its
+        // last, partial argument.
+        let block = block.strip_suffix(&[0]).unwrap_or(block);
+        argv = block.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
     }
     Ok(RawEvent {
         header,
@@ -193,13 +231,6 @@ pub fn connect_addr(header: &EventHeader, path: &[u8]) -> ConnectAddr {
     }
 }
 
-pub fn kernel_action_name(v: u32) -> &'static str {
-    match v {
-        x if x == KernelAction::Observed as u32 => "observed",
-        _ => "unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use agent_common::EventBuf;
@@ -226,7 +257,7 @@ mod tests {
         let mut h = header(EventKind::Exec);
         h.path_len = 8;
         h.argv_len = 11;
-        h.arg2 = 2;
+        h.arg2 = -1;
         let mut data = vec![0u8; PATH_MAX + 11];
         data[..8].copy_from_slice(b"/bin/cat");
         data[PATH_MAX..].copy_from_slice(b"cat\0/etc/x\0");

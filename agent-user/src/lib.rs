@@ -6,9 +6,11 @@
 //! `policy`; `audit` and `journal` record; `control` is the socket the CLI
 //! (`cli`) talks to.
 pub mod audit;
+pub mod btf;
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod enforce;
 pub mod engine;
 pub mod events;
 pub mod journal;

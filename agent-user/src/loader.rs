@@ -1,10 +1,16 @@
 //! Puts the kernel programs in place: mounts tracefs if needed, reads the
-//! record layouts this kernel uses, probes for BPF LSM, loads and attaches.
+//! record layouts and struct offsets this kernel uses, probes for BPF LSM,
+//! loads and attaches what the mode needs.
 use std::{fs, path::Path};
 
-use agent_common::TracepointLayout;
-use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use agent_common::KernelLayout;
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, TracePoint},
+};
 use thiserror::Error;
+
+use crate::btf;
 
 /// The kernel object built by build.rs from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTGATE_EBPF_OBJ"));
@@ -15,8 +21,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
-    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
     ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
     ("sys_enter_open", "syscalls", "sys_enter_open"),
@@ -24,8 +29,27 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
 ];
 
+/// cgroup v2 socket-address programs, attached to the root cgroup.
+const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// BPF LSM programs: (program name, hook).
+const LSM_HOOKS: &[(&str, &str)] = &[
+    ("bprm_check_security", "bprm_check_security"),
+    ("file_open", "file_open"),
+    ("socket_connect", "socket_connect"),
+];
+
 #[derive(Debug, Error)]
 pub enum LoadError {
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/mounts): connect rules need one")]
+    NoCgroup2,
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "tracefs is not mounted at {TRACEFS} and mounting it failed: {0} (run as root, or `mount -t tracefs nodev {TRACEFS}`)"
     )]
@@ -114,30 +138,58 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-pub fn tracepoint_layout() -> Result<TracepointLayout, LoadError> {
-    Ok(TracepointLayout {
+pub fn kernel_layout() -> Result<KernelLayout, LoadError> {
+    let btf = btf::Btf::from_kernel().map_err(|e| LoadError::Btf(e.to_string()))?;
+    let member = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .map_err(|e| LoadError::Btf(e.to_string()))
+    };
+    Ok(KernelLayout {
         fork_child_pid: field_offset("sched", "sched_process_fork", "child_pid")?,
         exit_group_dead: field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(0),
-        _pad: [0; 2],
+        exec_filename: field_offset("sched", "sched_process_exec", "filename")?,
+        task_mm: member("task_struct", "mm")?,
+        mm_arg_start: member("mm_struct", "arg_start")?,
+        mm_arg_end: member("mm_struct", "arg_end")?,
+        file_f_path: member("file", "f_path")?,
+        file_f_mode: member("file", "f_mode")?,
+        bprm_file: member("linux_binprm", "file")?,
+        _pad: 0,
     })
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid systems).
+fn cgroup2_root() -> Result<String, LoadError> {
+    fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+            })
+        })
+        .ok_or(LoadError::NoCgroup2)
 }
 
 pub struct Options {
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// Attach the BPF LSM hooks (the kernel has BPF LSM and the mode is lsm).
+    pub lsm: bool,
 }
 
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Loaded {
     pub ebpf: Ebpf,
-    pub layout: TracepointLayout,
-    /// `category:event` of every attached program.
+    pub layout: KernelLayout,
+    /// `type/where` of every attached program.
     pub attached: Vec<String>,
 }
 
 pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
     ensure_tracefs()?;
-    let layout = tracepoint_layout()?;
+    let layout = kernel_layout()?;
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUT", &layout, true)
         .map_max_entries("EVENTS", opts.ring_bytes)
@@ -154,6 +206,42 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
         prog.attach(category, event)
             .map_err(|source| LoadError::Program { name, source })?;
         attached.push(format!("tracepoint/{category}:{event}"));
+    }
+    let root = cgroup2_root()?;
+    let cgroup = fs::File::open(&root).map_err(|source| LoadError::Cgroup {
+        path: root.clone(),
+        source,
+    })?;
+    for &name in SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+        // Attached through a bpf_link (kernel ≥ 5.7), which always allows
+        // several programs side by side and refuses any flag but 0
+        // (`Single`): other daemons (tests) keep theirs, and each judges
+        // only the processes in its own maps.
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program { name, source })?;
+        attached.push(format!("cgroup_sock_addr/{name}@{root}"));
+    }
+    if opts.lsm {
+        let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
+        for &(name, hook) in LSM_HOOKS {
+            let prog: &mut Lsm = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load(hook, &btf)
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.attach()
+                .map_err(|source| LoadError::Program { name, source })?;
+            attached.push(format!("lsm/{hook}"));
+        }
     }
     Ok(Loaded {
         ebpf,

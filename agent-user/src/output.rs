@@ -63,7 +63,7 @@ struct JsonEvent<'a> {
     argv: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_path: Option<&'a std::path::Path>,
-    kernel_action: &'static str,
+    kernel: crate::events::KernelVerdict,
 }
 
 pub fn kind_name(t: &Target) -> &'static str {
@@ -176,7 +176,7 @@ pub fn write_json(out: &mut impl Write, clock: &Clock, ev: &Event) -> std::io::R
         flags,
         argv,
         raw_path,
-        kernel_action: ev.kernel_action,
+        kernel: ev.kernel,
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")

@@ -125,7 +125,7 @@ impl ProcessCache {
                 ancestors,
             },
             target,
-            kernel_action: events::kernel_action_name(h.kernel_action),
+            kernel: events::KernelVerdict::of(h),
         }
     }
 

@@ -1,0 +1,25 @@
+//! Offsets that differ between kernels, patched in by the loader before load
+//! (tracefs formats and BTF; TOOLCHAIN.md §4).
+use agent_common::KernelLayout;
+
+#[unsafe(no_mangle)]
+static LAYOUT: KernelLayout = KernelLayout {
+    fork_child_pid: 0,
+    exit_group_dead: 0,
+    exec_filename: 0,
+    task_mm: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    file_f_path: 0,
+    file_f_mode: 0,
+    bprm_file: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn get() -> KernelLayout {
+    // SAFETY: a constant the loader patched; volatile so that the compiler
+    // does not fold the zeros above into the code. The verifier still sees
+    // constants: .rodata is frozen before the programs load.
+    unsafe { core::ptr::read_volatile(&LAYOUT) }
+}

@@ -1,0 +1,158 @@
+//! BPF LSM hooks: the kernel asks before the exec, the open or the connect
+//! happens, and a refusal is an EPERM the process sees. They judge resolved
+//! objects (the file's own path via bpf_d_path), so symlinks, `..`, `//` and
+//! `/proc/self/root` name the file they reach.
+use agent_common::{AF_UNIX, Access, ENFORCED_NONE, EventKind, Hook, MODE_LSM, PATH_MAX, ProcTag};
+use aya_ebpf::{
+    helpers::{bpf_d_path, bpf_probe_read_kernel},
+    macros::lsm,
+    programs::LsmContext,
+};
+
+use crate::{
+    decide::{self, Judgement, Session},
+    enforce::{self, EPERM},
+    layout,
+    record::Record,
+    tagging,
+};
+
+const FMODE_READ: u32 = 0x1;
+const FMODE_WRITE: u32 = 0x2;
+const FMODE_CREATED: u32 = 0x100000;
+const O_WRONLY: i64 = 0o1;
+const O_RDWR: i64 = 0o2;
+const O_CREAT: i64 = 0o100;
+
+/// The session of a tagged caller when LSM mode is on, and the previous
+/// LSM's answer (which must stand when it refused).
+fn caller(ctx: &LsmContext, retval_arg: usize) -> Option<(ProcTag, Session)> {
+    let retval: i32 = ctx.arg(retval_arg);
+    if retval != 0 {
+        return None;
+    }
+    let tag = tagging::lookup_current()?;
+    if decide::config().mode != MODE_LSM {
+        return None;
+    }
+    let session = decide::session(tag.session)?;
+    Some((tag, session))
+}
+
+fn answer(j: &Judgement, rec: &mut Record) -> i32 {
+    let cfg = decide::config();
+    let enforced = enforce::refuse(&cfg, j);
+    rec.judge(j, enforced);
+    if enforced == ENFORCED_NONE { 0 } else { -EPERM }
+}
+
+/// Fills the record's path with the resolved path of `path` (a `struct
+/// path *` the verifier knows as such).
+///
+/// # Safety
+/// `path` must point into a kernel object of the hook's arguments.
+unsafe fn resolve(rec: &mut Record, path: *mut u8) {
+    let buf = &mut rec.data()[..PATH_MAX];
+    // SAFETY: bpf_d_path writes at most PATH_MAX bytes into the record.
+    let n = unsafe { bpf_d_path(path.cast(), buf.as_mut_ptr().cast(), PATH_MAX as u32) };
+    rec.set_path_len(n);
+}
+
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    match try_bprm(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_bprm(ctx: &LsmContext) -> Result<i32, i32> {
+    let Some((tag, session)) = caller(ctx, 1) else {
+        return Ok(0);
+    };
+    let l = layout::get();
+    let bprm: *const u8 = ctx.arg(0);
+    let mut rec = Record::begin(Hook::Exec, EventKind::Exec, &tag).map_err(|_| 0)?;
+    // SAFETY: `bprm` is the hook's argument; offsets from this kernel's BTF.
+    unsafe {
+        let file: *mut u8 = *(bprm.add(l.bprm_file as usize) as *const *mut u8);
+        resolve(&mut rec, file.add(l.file_f_path as usize));
+    }
+    let (path, len) = rec.path();
+    let j = session.path(Access::Exec, path, len);
+    session.commit(&j);
+    let ret = answer(&j, &mut rec);
+    if ret != 0 {
+        // sched_process_exec will not run: report the refusal here.
+        rec.emit(Hook::Exec);
+    } else {
+        enforce::keep_exec_verdict(&j);
+    }
+    Ok(ret)
+}
+
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    match try_file_open(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
+    let Some((tag, session)) = caller(ctx, 1) else {
+        return Ok(0);
+    };
+    let l = layout::get();
+    let file: *mut u8 = ctx.arg(0);
+    let mut rec = Record::begin(Hook::Open, EventKind::Open, &tag).map_err(|_| 0)?;
+    // SAFETY: `file` is the hook's argument; offsets from this kernel's BTF.
+    let mode = unsafe {
+        resolve(&mut rec, file.add(l.file_f_path as usize));
+        bpf_probe_read_kernel(file.add(l.file_f_mode as usize) as *const u32).unwrap_or(0)
+    };
+    // The open flags are gone by now (O_CREAT and O_TRUNC are cleared):
+    // rebuild the access from the file's mode.
+    let mut flags = match (mode & FMODE_READ != 0, mode & FMODE_WRITE != 0) {
+        (_, false) => 0,
+        (false, true) => O_WRONLY,
+        (true, true) => O_RDWR,
+    };
+    if mode & FMODE_CREATED != 0 {
+        flags |= O_CREAT;
+    }
+    let h = rec.header();
+    h.arg0 = -100;
+    h.arg1 = flags;
+    let (path, len) = rec.path();
+    let j = enforce::judge_open(&session, flags, path, len);
+    session.commit(&j);
+    let ret = answer(&j, &mut rec);
+    rec.emit(Hook::Open);
+    Ok(ret)
+}
+
+#[lsm(hook = "socket_connect")]
+pub fn socket_connect(ctx: LsmContext) -> i32 {
+    match try_socket_connect(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_socket_connect(ctx: &LsmContext) -> Result<i32, i32> {
+    let Some((tag, session)) = caller(ctx, 3) else {
+        return Ok(0);
+    };
+    let address: *const u8 = ctx.arg(1);
+    let addrlen: i32 = ctx.arg(2);
+    let mut rec = Record::begin(Hook::Connect, EventKind::Connect, &tag).map_err(|_| 0)?;
+    rec.header().arg0 = -1;
+    rec.header().arg2 = addrlen as i64;
+    // SAFETY: the kernel's copy of the caller's sockaddr.
+    unsafe { rec.read_sockaddr(address) };
+    let j = enforce::judge_connect(&session, &mut rec);
+    if rec.header().family != AF_UNIX || j.verdict != agent_common::Verdict::None {
+        session.commit(&j);
+    }
+    let ret = answer(&j, &mut rec);
+    rec.emit(Hook::Connect);
+    Ok(ret)
+}

@@ -1,0 +1,213 @@
+//! The compiled policy in the kernel: installs each session's ruleset into
+//! the rule maps, swaps it on reload, marks sessions expired, and tells the
+//! programs how to enforce.
+use std::collections::HashMap;
+
+use agent_common::{
+    EnforceConfig, NetRuleKey, PathRuleKey, RuleEntry, SESSION_EXPIRED, SESSION_EXPIRED_KILL,
+    SessionId, SessionPolicy,
+};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie},
+};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EnforceError {
+    #[error("the kernel object lacks map {0}")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("no ruleset installed for session {0}")]
+    NoSession(SessionId),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EnforceError {
+    move |source| EnforceError::Map { map, source }
+}
+
+/// One session's compiled policy as kernel map contents (what
+/// `policy::compile` produces). Keys carry ruleset 0: the enforcer assigns
+/// the real id when it installs them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelRuleset {
+    /// `PATH_RULES`: (LPM prefix bits, key, entry).
+    pub path: Vec<(u32, PathRuleKey, RuleEntry)>,
+    /// `PATH_SUFFIX_RULES`: keys hold the path reversed.
+    pub suffix: Vec<(u32, PathRuleKey, RuleEntry)>,
+    /// `NET_RULES`.
+    pub net: Vec<(u32, NetRuleKey, RuleEntry)>,
+    /// Defaults per access (its `ruleset` and `flags` are the enforcer's).
+    pub session: SessionPolicy,
+}
+
+/// Keys of one installed ruleset, to take it out again.
+struct Installed {
+    ruleset: u32,
+    path: Vec<Key<PathRuleKey>>,
+    suffix: Vec<Key<PathRuleKey>>,
+    net: Vec<Key<NetRuleKey>>,
+}
+
+pub struct Enforcer {
+    path: LpmTrie<MapData, PathRuleKey, RuleEntry>,
+    suffix: LpmTrie<MapData, PathRuleKey, RuleEntry>,
+    net: LpmTrie<MapData, NetRuleKey, RuleEntry>,
+    policy: BpfHashMap<MapData, SessionId, SessionPolicy>,
+    labels: BpfHashMap<MapData, SessionId, u64>,
+    config: Array<MapData, EnforceConfig>,
+    installed: HashMap<SessionId, Installed>,
+    next_ruleset: u32,
+}
+
+impl Enforcer {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, EnforceError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, EnforceError> {
+            let map = ebpf.take_map(name).ok_or(EnforceError::MissingMap(name))?;
+            T::try_from(map).map_err(map_err(name))
+        }
+        Ok(Self {
+            path: take(ebpf, "PATH_RULES")?,
+            suffix: take(ebpf, "PATH_SUFFIX_RULES")?,
+            net: take(ebpf, "NET_RULES")?,
+            policy: take(ebpf, "SESSION_POLICY")?,
+            labels: take(ebpf, "SESSION_LABELS")?,
+            config: take(ebpf, "CONFIG")?,
+            installed: HashMap::new(),
+            next_ruleset: 1,
+        })
+    }
+
+    pub fn configure(&mut self, mode: u32, block: bool) -> Result<(), EnforceError> {
+        let cfg = EnforceConfig {
+            mode,
+            block: block as u32,
+        };
+        self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
+    }
+
+    /// Puts `rules` in force for `session`, replacing what it had. The new
+    /// entries go in under a fresh ruleset id before the session is pointed
+    /// at them, and the old ones come out after: a call is judged by one
+    /// whole ruleset or the other, never a mix.
+    pub fn install(
+        &mut self,
+        session: SessionId,
+        rules: &KernelRuleset,
+    ) -> Result<(), EnforceError> {
+        let ruleset = self.next_ruleset;
+        self.next_ruleset = self.next_ruleset.wrapping_add(1).max(1);
+        let mut added = Installed {
+            ruleset,
+            path: Vec::new(),
+            suffix: Vec::new(),
+            net: Vec::new(),
+        };
+        let result = self.insert_all(ruleset, rules, &mut added);
+        if let Err(e) = result {
+            self.remove_keys(&added);
+            return Err(e);
+        }
+        let mut policy = rules.session;
+        policy.ruleset = ruleset;
+        let flags = self.policy.get(&session, 0).map(|p| p.flags).unwrap_or(0);
+        policy.flags |= flags;
+        if let Err(e) = self.policy.insert(session, policy, 0) {
+            self.remove_keys(&added);
+            return Err(map_err("SESSION_POLICY")(e));
+        }
+        if let Some(old) = self.installed.insert(session, added) {
+            self.remove_keys(&old);
+        }
+        Ok(())
+    }
+
+    fn insert_all(
+        &mut self,
+        ruleset: u32,
+        rules: &KernelRuleset,
+        added: &mut Installed,
+    ) -> Result<(), EnforceError> {
+        for (bits, key, entry) in &rules.path {
+            let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
+            self.path
+                .insert(&key, entry, 0)
+                .map_err(map_err("PATH_RULES"))?;
+            added.path.push(key);
+        }
+        for (bits, key, entry) in &rules.suffix {
+            let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
+            self.suffix
+                .insert(&key, entry, 0)
+                .map_err(map_err("PATH_SUFFIX_RULES"))?;
+            added.suffix.push(key);
+        }
+        for (bits, key, entry) in &rules.net {
+            let key = Key::new(*bits, NetRuleKey { ruleset, ..*key });
+            self.net
+                .insert(&key, entry, 0)
+                .map_err(map_err("NET_RULES"))?;
+            added.net.push(key);
+        }
+        Ok(())
+    }
+
+    fn remove_keys(&mut self, keys: &Installed) {
+        debug_assert!(keys.ruleset != 0);
+        for k in &keys.path {
+            let _ = self.path.remove(k);
+        }
+        for k in &keys.suffix {
+            let _ = self.suffix.remove(k);
+        }
+        for k in &keys.net {
+            let _ = self.net.remove(k);
+        }
+    }
+
+    /// Takes a session's rules and labels out of the kernel.
+    pub fn remove(&mut self, session: SessionId) {
+        let _ = self.policy.remove(&session);
+        let _ = self.labels.remove(&session);
+        if let Some(keys) = self.installed.remove(&session) {
+            self.remove_keys(&keys);
+        }
+    }
+
+    /// Past its TTL: from now on the kernel refuses (or kills) every call.
+    pub fn expire(&mut self, session: SessionId, kill: bool) -> Result<(), EnforceError> {
+        let mut p = self
+            .policy
+            .get(&session, 0)
+            .map_err(|_| EnforceError::NoSession(session))?;
+        p.flags |= if kill {
+            SESSION_EXPIRED_KILL
+        } else {
+            SESSION_EXPIRED
+        };
+        self.policy
+            .insert(session, p, 0)
+            .map_err(map_err("SESSION_POLICY"))
+    }
+
+    /// The labels the session holds (set by the kernel or the daemon).
+    pub fn labels(&self, session: SessionId) -> u64 {
+        self.labels.get(&session, 0).unwrap_or(0)
+    }
+
+    /// Adds labels decided in user space, so that the kernel's next
+    /// judgement sees them.
+    pub fn add_labels(&mut self, session: SessionId, bits: u64) -> Result<(), EnforceError> {
+        let now = self.labels(session);
+        if now & bits == bits {
+            return Ok(());
+        }
+        self.labels
+            .insert(session, now | bits, 0)
+            .map_err(map_err("SESSION_LABELS"))
+    }
+}
