@@ -2,8 +2,9 @@
 //! happens, and a refusal is an EPERM the process sees. They judge resolved
 //! objects (the file's own path via bpf_d_path), so symlinks, `..`, `//` and
 //! `/proc/self/root` name the file they reach.
-use agent_common::{AF_UNIX, Access, ENFORCED_NONE, EventKind, Hook, MODE_LSM, PATH_MAX, ProcTag};
+use agent_common::{Access, ENFORCED_NONE, EventKind, Hook, MODE_LSM, PATH_MAX, ProcTag};
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_d_path, bpf_probe_read_kernel},
     macros::lsm,
     programs::LsmContext,
@@ -17,6 +18,37 @@ use crate::{
     tagging,
 };
 
+/// Argument `n` of the hook, read at a literal offset of the context (an
+/// array of u64): the verifier types it from the hook's BTF (a `struct file
+/// *` stays one) only for a read at the context pointer plus a constant,
+/// which LLVM does not promise for a computed offset.
+macro_rules! lsm_arg {
+    ($ctx:expr, 0) => {
+        lsm_arg!(@load $ctx, "0")
+    };
+    ($ctx:expr, 1) => {
+        lsm_arg!(@load $ctx, "8")
+    };
+    ($ctx:expr, 2) => {
+        lsm_arg!(@load $ctx, "16")
+    };
+    ($ctx:expr, 3) => {
+        lsm_arg!(@load $ctx, "24")
+    };
+    (@load $ctx:expr, $off:literal) => {{
+        let v: u64;
+        // SAFETY: a read of the hook's arguments, inside the context.
+        unsafe {
+            core::arch::asm!(
+                concat!("{0} = *(u64 *)({1} + ", $off, ")"),
+                out(reg) v,
+                in(reg) $ctx.as_ptr(),
+            )
+        };
+        v
+    }};
+}
+
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 const FMODE_CREATED: u32 = 0x100000;
@@ -24,21 +56,22 @@ const O_WRONLY: i64 = 0o1;
 const O_RDWR: i64 = 0o2;
 const O_CREAT: i64 = 0o100;
 
-/// The session of a tagged caller when LSM mode is on, and the previous
-/// LSM's answer (which must stand when it refused).
-fn caller(ctx: &LsmContext, retval_arg: usize) -> Option<(ProcTag, Session)> {
-    let retval: i32 = ctx.arg(retval_arg);
-    if retval != 0 {
+/// The tag of a tagged caller when LSM mode is on, unless a previous LSM
+/// already refused (`retval`, which must stand), and its session's policy
+/// (none yet: the call is reported, not judged).
+#[inline(always)]
+fn caller(retval: u64) -> Option<(ProcTag, Option<Session>)> {
+    if retval as i32 != 0 {
         return None;
     }
     let tag = tagging::lookup_current()?;
     if decide::config().mode != MODE_LSM {
         return None;
     }
-    let session = decide::session(tag.session)?;
-    Some((tag, session))
+    Some((tag, decide::session(tag.session)))
 }
 
+#[inline(always)]
 fn answer(j: &Judgement, rec: &mut Record) -> i32 {
     let cfg = decide::config();
     let enforced = enforce::refuse(&cfg, j);
@@ -51,6 +84,7 @@ fn answer(j: &Judgement, rec: &mut Record) -> i32 {
 ///
 /// # Safety
 /// `path` must point into a kernel object of the hook's arguments.
+#[inline(always)]
 unsafe fn resolve(rec: &mut Record, path: *mut u8) {
     let buf = &mut rec.data()[..PATH_MAX];
     // SAFETY: bpf_d_path writes at most PATH_MAX bytes into the record.
@@ -65,18 +99,22 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_bprm(ctx: &LsmContext) -> Result<i32, i32> {
-    let Some((tag, session)) = caller(ctx, 1) else {
+    let bprm = lsm_arg!(ctx, 0) as *const u8;
+    let Some((tag, session)) = caller(lsm_arg!(ctx, 1)) else {
         return Ok(0);
     };
     let l = layout::get();
-    let bprm: *const u8 = ctx.arg(0);
     let mut rec = Record::begin(Hook::Exec, EventKind::Exec, &tag).map_err(|_| 0)?;
     // SAFETY: `bprm` is the hook's argument; offsets from this kernel's BTF.
     unsafe {
         let file: *mut u8 = *(bprm.add(l.bprm_file as usize) as *const *mut u8);
         resolve(&mut rec, file.add(l.file_f_path as usize));
     }
+    let Some(session) = session else {
+        return Ok(0);
+    };
     let (path, len) = rec.path();
     let j = session.path(Access::Exec, path, len);
     session.commit(&j);
@@ -97,12 +135,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
-    let Some((tag, session)) = caller(ctx, 1) else {
+    let file = lsm_arg!(ctx, 0) as *mut u8;
+    let Some((tag, session)) = caller(lsm_arg!(ctx, 1)) else {
         return Ok(0);
     };
     let l = layout::get();
-    let file: *mut u8 = ctx.arg(0);
     let mut rec = Record::begin(Hook::Open, EventKind::Open, &tag).map_err(|_| 0)?;
     // SAFETY: `file` is the hook's argument; offsets from this kernel's BTF.
     let mode = unsafe {
@@ -123,9 +162,12 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     h.arg0 = -100;
     h.arg1 = flags;
     let (path, len) = rec.path();
-    let j = enforce::judge_open(&session, flags, path, len);
-    session.commit(&j);
-    let ret = answer(&j, &mut rec);
+    let mut ret = 0;
+    if let Some(session) = session {
+        let j = enforce::judge_open(&session, flags, path, len);
+        session.commit(&j);
+        ret = answer(&j, &mut rec);
+    }
     rec.emit(Hook::Open);
     Ok(ret)
 }
@@ -137,22 +179,24 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_socket_connect(ctx: &LsmContext) -> Result<i32, i32> {
-    let Some((tag, session)) = caller(ctx, 3) else {
+    let address = lsm_arg!(ctx, 1) as *const u8;
+    let addrlen = lsm_arg!(ctx, 2) as i32;
+    let Some((tag, session)) = caller(lsm_arg!(ctx, 3)) else {
         return Ok(0);
     };
-    let address: *const u8 = ctx.arg(1);
-    let addrlen: i32 = ctx.arg(2);
     let mut rec = Record::begin(Hook::Connect, EventKind::Connect, &tag).map_err(|_| 0)?;
     rec.header().arg0 = -1;
     rec.header().arg2 = addrlen as i64;
     // SAFETY: the kernel's copy of the caller's sockaddr.
     unsafe { rec.read_sockaddr(address) };
-    let j = enforce::judge_connect(&session, &mut rec);
-    if rec.header().family != AF_UNIX || j.verdict != agent_common::Verdict::None {
+    let mut ret = 0;
+    if let Some(session) = session {
+        let j = enforce::judge_connect(&session, &mut rec);
         session.commit(&j);
+        ret = answer(&j, &mut rec);
     }
-    let ret = answer(&j, &mut rec);
     rec.emit(Hook::Connect);
     Ok(ret)
 }

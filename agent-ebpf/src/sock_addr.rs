@@ -67,6 +67,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_sock_addr(ctx: &SockAddrContext, family: u16, call: Call) -> Result<i32, i32> {
     let Some(tag) = tagging::lookup_current() else {
         return Ok(ALLOW);
