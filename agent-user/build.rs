@@ -71,14 +71,20 @@ fn main() {
         println!("cargo:warning=cannot build the kernel programs: {e}");
         std::process::exit(1);
     });
-    // Build beside the outer target dir so that repeated builds are cached.
+    // Build beside the outer target dir so that repeated builds are cached,
+    // one dir per checkout: clones sharing a target dir (CI, worktrees) must
+    // not overwrite each other's kernel object.
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let checkout = root
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "-");
     let target_dir = out
         .ancestors()
         .find(|p| p.file_name().is_some_and(|n| n == "build"))
         .and_then(|p| p.parent())
         .and_then(|p| p.parent())
-        .map(|t| t.join("ebpf"))
+        .map(|t| t.join("ebpf").join(&checkout))
         .unwrap_or_else(|| out.join("ebpf"));
 
     let mut cmd = match toolchain {
