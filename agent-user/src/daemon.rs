@@ -211,6 +211,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let observe = tokio::spawn(observer::run(
         ring,
         reader,
+        mode.kernel_mode == MODE_LSM,
         JsonLines::new(std::io::stdout()),
     ));
 
