@@ -830,7 +830,11 @@ impl<'a> Decoder<'a> {
                         pos,
                         value: format!("{}.{key}", name.value),
                     },
-                    reason: format!("inside the declared {key} scope of profile {}", name.value),
+                    reason: format!(
+                        "inside the declared {} scope of profile {}",
+                        key.split('.').next().unwrap_or(key),
+                        name.value
+                    ),
                     action: Verdict::Allow,
                     target,
                     process: ProcessMatch::default(),
@@ -869,12 +873,12 @@ impl<'a> Decoder<'a> {
         if let Some(n) = s.get("connect") {
             match &n.kind {
                 NodeKind::Seq(items) => {
-                    for item in items {
+                    for (i, item) in items.iter().enumerate() {
                         let c = self
                             .fields(item, "a connect scope", &["addr", "port", "unix"])
                             .and_then(|f| self.connect_fields(&f))
                             .map(TargetMatch::Connect);
-                        scope(self, "connect", c, item.pos);
+                        scope(self, &format!("connect.{}", i + 1), c, item.pos);
                     }
                 }
                 _ => self.err(

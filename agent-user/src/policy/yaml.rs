@@ -102,8 +102,10 @@ pub fn parse(src: &str) -> Result<Vec<Node>, (Pos, String)> {
                     pos: p,
                     kind: NodeKind::Seq(items),
                 },
+                // yaml-rust2 marks a block mapping where its first `:` is;
+                // its first key is where a reader looks.
                 Some(Frame::Map(p, entries, None)) => Node {
-                    pos: p,
+                    pos: entries.first().map_or(p, |(k, _)| k.pos),
                     kind: NodeKind::Map(entries),
                 },
                 _ => return Err((at, "unbalanced YAML structure".into())),
