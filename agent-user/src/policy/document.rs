@@ -94,6 +94,8 @@ fn scalar(node: &Node) -> Option<&str> {
 fn canon(node: &Node) -> String {
     match &node.kind {
         NodeKind::Scalar { value, .. } => format!("{value:?}"),
+        // A single value where a list may stand is a list of one.
+        NodeKind::Seq(items) if items.len() == 1 => canon(&items[0]),
         NodeKind::Seq(items) => {
             let mut v: Vec<String> = items.iter().map(canon).collect();
             v.sort();

@@ -378,3 +378,6 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
         labels,
     }
 }
+
+#[cfg(test)]
+mod tests;
