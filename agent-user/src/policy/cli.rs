@@ -230,7 +230,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         let exact = access.iter().all(|x| ks.exact[x as usize]);
         (ks.decide(s, access, hist.labels()), exact)
     });
-    if let Ok(((v, id), exact)) = kernel {
+    if let Ok(((v, id, _), exact)) = kernel {
         let name = set
             .rule_info(id)
             .map_or("none (user space decides)", |r| r.name.as_str());

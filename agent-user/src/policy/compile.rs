@@ -382,22 +382,19 @@ fn compile_net(rules: &[&KernelRule], ruleset: u32, out: &mut Compiled) {
 
 impl Compiled {
     /// What the kernel decides on `subject` asked with `access`, for a
-    /// session holding `labels`: a model of its look-ups (longest prefix
-    /// match in each map, the strongest applicable slot, ties to the lower
+    /// session holding `labels`, and the labels the call sets if it goes
+    /// through: a model of its look-ups (longest prefix match in each map,
+    /// every applicable slot, the strongest verdict with ties to the lower
     /// rule id, else the session default for that access).
-    pub fn decide(
-        &self,
-        subject: &Subject<'_>,
-        access: AccessMask,
-        labels: u64,
-    ) -> (Verdict, RuleId) {
+    pub fn decide(&self, subject: &Subject<'_>, access: AccessMask, labels: u64) -> (Verdict, RuleId, u64) {
+        let k = &self.kernel;
         let mut best: Option<(Verdict, RuleId)> = None;
+        let mut set = 0;
         for a in access.iter() {
             let mut found: Vec<&RuleEntry> = Vec::new();
-            let k = &self.kernel;
             match subject {
                 // The kernel does not judge abstract socket names.
-                Subject::Unix { path } if !path.starts_with(b"/") => return (Verdict::None, 0),
+                Subject::Unix { path } if !path.starts_with(b"/") => return (Verdict::None, 0, 0),
                 Subject::Exec { path, .. } | Subject::Open { path } | Subject::Unix { path } => {
                     found.extend(lpm(&k.path, k.session.ruleset, a, &key_data(path)));
                     let rev = key_data(&reversed_tail(path));
@@ -409,9 +406,13 @@ impl Compiled {
                     }
                 }
             }
-            let this = found
+            let applicable: Vec<&RuleSlot> = found
                 .iter()
-                .filter_map(|e| e.slots.iter().find(|s| s.applies(labels)))
+                .flat_map(|e| e.slots.iter().filter(|s| s.applies(labels)))
+                .collect();
+            set |= applicable.iter().fold(0, |m, s| m | s.set_labels);
+            let this = applicable
+                .iter()
                 .map(|s| (Verdict::from_u8(s.verdict), s.rule))
                 .reduce(|x, y| if stronger(y, x) { y } else { x })
                 .unwrap_or((
@@ -422,7 +423,8 @@ impl Compiled {
                 best = Some(this);
             }
         }
-        best.unwrap_or((Verdict::None, 0))
+        let (v, id) = best.unwrap_or((Verdict::None, 0));
+        (v, id, if v.blocks() { 0 } else { set })
     }
 }
 
