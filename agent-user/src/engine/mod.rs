@@ -1,2 +1,275 @@
-//! Judging an event in its session's context against the compiled policy.
-//! (Issue 3.)
+//! Judging an event in its session's context against the policy set: the
+//! user-space source of truth, which the compiled kernel tables agree with
+//! on everything they cover.
+mod history;
+
+use std::{cmp::Reverse, os::unix::ffi::OsStrExt, sync::Arc};
+
+use agent_common::{Access, Verdict};
+use serde::Serialize;
+
+pub use history::SessionHistory;
+
+use crate::{
+    events::{ConnectAddr, Event, Process, Target},
+    policy::{AccessMask, PolicySet, RuleId, RuleInfo, SessionContext, Subject, mapped, normalize},
+};
+
+/// The AARM outcome class of a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// A static deny: the policy forbids this whatever the context.
+    Forbidden,
+    /// Inside the declared intent (or allowed and recorded).
+    ContextAllow,
+    /// The session's labels or history make it suspicious.
+    ContextDeny,
+    /// Ambiguous: a human decides.
+    Refer,
+}
+
+impl Outcome {
+    fn of(verdict: Verdict, contextual: bool) -> Self {
+        match verdict {
+            Verdict::Refer => Self::Refer,
+            Verdict::Deny | Verdict::Kill if contextual => Self::ContextDeny,
+            Verdict::Deny | Verdict::Kill => Self::Forbidden,
+            Verdict::None | Verdict::Allow | Verdict::Audit => Self::ContextAllow,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Forbidden => "forbidden",
+            Self::ContextAllow => "context-allow",
+            Self::ContextDeny => "context-deny",
+            Self::Refer => "refer",
+        }
+    }
+}
+
+/// A rule that matched the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Matched {
+    pub rule: RuleId,
+    pub verdict: Verdict,
+    /// The accesses of the call it matched.
+    pub access: AccessMask,
+}
+
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub outcome: Outcome,
+    /// The deciding rule (a profile's default when no rule matched); `None`
+    /// for calls that are not judged.
+    pub rule: Option<Arc<RuleInfo>>,
+    /// Labels the session gains when the call goes through: those of every
+    /// rule that matched (0 when it is blocked).
+    pub set_labels: u64,
+    /// Every rule that matched, in precedence (file) order.
+    pub matched: Vec<Matched>,
+    note: &'static str,
+}
+
+impl Decision {
+    fn unjudged(verdict: Verdict, note: &'static str) -> Self {
+        Self {
+            verdict,
+            outcome: Outcome::of(verdict, false),
+            rule: None,
+            set_labels: 0,
+            matched: Vec::new(),
+            note,
+        }
+    }
+
+    /// The deciding rule's id (0: none), as the kernel reports it.
+    pub fn rule_id(&self) -> RuleId {
+        self.rule.as_ref().map_or(0, |r| r.id)
+    }
+
+    pub fn rule_name(&self) -> &str {
+        self.rule.as_ref().map_or("", |r| &r.name)
+    }
+
+    /// The deciding rule's one-line reason.
+    pub fn reason(&self) -> &str {
+        self.rule.as_ref().map_or(self.note, |r| &r.reason)
+    }
+}
+
+/// The accesses an `open` with these flags asks for, as the kernel counts
+/// them.
+pub fn open_access(flags: i32) -> AccessMask {
+    let mut m = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => AccessMask::of(Access::Write),
+        libc::O_RDWR => AccessMask::of(Access::Read).with(Access::Write),
+        // O_RDONLY, and the odd 3 (no data access), which the kernel counts as read.
+        _ => AccessMask::of(Access::Read),
+    };
+    if flags & libc::O_CREAT != 0 {
+        m = m.with(Access::Create);
+    }
+    if flags & libc::O_TRUNC != 0 {
+        m = m.with(Access::Write);
+    }
+    m
+}
+
+/// `a` wins over `b`: the stronger verdict, or on a tie the earlier rule.
+pub fn stronger(a: (Verdict, RuleId), b: (Verdict, RuleId)) -> bool {
+    (a.0, Reverse(a.1)) > (b.0, Reverse(b.1))
+}
+
+/// Calls `f` with what the event acts on (paths normalised) and the
+/// accesses it asks for; events that are not judged give a note instead.
+pub fn with_subject<R>(
+    ev: &Event,
+    f: impl FnOnce(&Subject<'_>, AccessMask) -> R,
+) -> Result<R, &'static str> {
+    match &ev.target {
+        Target::Exec { path, argv, .. } => {
+            let path = normalize(path.as_os_str().as_bytes());
+            Ok(f(
+                &Subject::Exec { path: &path, argv },
+                AccessMask::of(Access::Exec),
+            ))
+        }
+        Target::Open { path, flags, .. } => {
+            let path = normalize(path.as_os_str().as_bytes());
+            Ok(f(&Subject::Open { path: &path }, open_access(*flags)))
+        }
+        Target::Connect {
+            addr: ConnectAddr::Inet(sa),
+        } => {
+            let s = Subject::Inet {
+                ip: mapped(sa.ip()),
+                port: sa.port(),
+            };
+            Ok(f(&s, AccessMask::of(Access::ConnectInet)))
+        }
+        Target::Connect {
+            addr: ConnectAddr::Unix(p),
+        } => {
+            let raw = p.as_os_str().as_bytes();
+            // Abstract names (`@name`) are not paths: no normalising.
+            let path = if raw.starts_with(b"@") {
+                raw.into()
+            } else {
+                normalize(raw)
+            };
+            Ok(f(
+                &Subject::Unix { path: &path },
+                AccessMask::of(Access::ConnectUnix),
+            ))
+        }
+        Target::Connect {
+            addr: ConnectAddr::Other(_),
+        } => Err("connects of this address family are not judged"),
+        Target::Fork { .. } | Target::Exit => Err("fork and exit are not judged"),
+    }
+}
+
+pub struct Engine {
+    set: Arc<PolicySet>,
+}
+
+impl Engine {
+    pub fn new(set: Arc<PolicySet>) -> Self {
+        Self { set }
+    }
+
+    pub fn policy(&self) -> &Arc<PolicySet> {
+        &self.set
+    }
+
+    pub fn decide(&self, ev: &Event, ctx: &SessionContext, hist: &SessionHistory) -> Decision {
+        with_subject(ev, |s, access| {
+            self.judge(s, access, &ev.process, ev.time_ns, ctx, hist)
+        })
+        .unwrap_or_else(|note| Decision::unjudged(Verdict::Allow, note))
+    }
+
+    /// The decision on `subject`, asked with `access`, by `process`.
+    pub fn judge(
+        &self,
+        subject: &Subject<'_>,
+        access: AccessMask,
+        process: &Process,
+        time_ns: u64,
+        ctx: &SessionContext,
+        hist: &SessionHistory,
+    ) -> Decision {
+        let Some(profile) = self.set.profile(&ctx.profile) else {
+            return Decision::unjudged(Verdict::Deny, "the session's profile is not in the policy");
+        };
+        let kind = subject.kind();
+        let labels = hist.labels();
+        let mut matched = Vec::new();
+        for rule in self.set.rules_of(kind) {
+            let acc = AccessMask(rule.target.access().0 & access.0);
+            if acc.0 == 0
+                || labels & rule.require != rule.require
+                || labels & rule.forbid != 0
+                || !rule.in_session(ctx)
+            {
+                continue;
+            }
+            if let Some(after) = rule.after {
+                let Some(t) = hist.last_match(after.rule) else {
+                    continue;
+                };
+                let too_old = after
+                    .within
+                    .is_some_and(|w| u128::from(time_ns.saturating_sub(t)) > w.as_nanos());
+                if too_old {
+                    continue;
+                }
+            }
+            if !rule.process.is_empty() && !rule.process.matches(process, ctx) {
+                continue;
+            }
+            if rule.target.matches(subject, ctx) {
+                matched.push(Matched {
+                    rule: rule.id(),
+                    verdict: rule.action(),
+                    access: acc,
+                });
+            }
+        }
+        let mut best: Option<(Verdict, RuleId)> = None;
+        for a in access.iter() {
+            let this = matched
+                .iter()
+                .filter(|m| m.access.has(a))
+                .map(|m| (m.verdict, m.rule))
+                .reduce(|x, y| if stronger(y, x) { y } else { x })
+                .unwrap_or((profile.default, profile.default_rule));
+            if best.is_none_or(|b| stronger(this, b)) {
+                best = Some(this);
+            }
+        }
+        let (verdict, id) = best.unwrap_or((profile.default, profile.default_rule));
+        let rule = self.set.rule(id);
+        Decision {
+            verdict,
+            outcome: Outcome::of(verdict, rule.is_some_and(|r| r.contextual())),
+            rule: self.set.rule_info(id).cloned(),
+            set_labels: if verdict.blocks() {
+                0
+            } else {
+                matched
+                    .iter()
+                    .filter_map(|m| self.set.rule(m.rule))
+                    .fold(0, |a, r| a | r.set_labels)
+            },
+            matched,
+            note: "",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

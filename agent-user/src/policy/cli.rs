@@ -1,5 +1,18 @@
-//! `agentgate policy …`
-use std::process::ExitCode;
+//! `agentgate policy check|explain`
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
+
+use anyhow::{Context, bail};
+
+use super::{
+    Diagnostic, PolicySet, SessionContext, action_name, compile_session,
+    explain::{SYNTAX, event_path, parse_event},
+    placement,
+};
+use crate::engine::{Engine, SessionHistory, with_subject};
 
 #[derive(clap::Args, Debug)]
 pub struct PolicyArgs {
@@ -10,13 +23,247 @@ pub struct PolicyArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum PolicyCommand {
     /// Check policy files; exit 1 with `file:line:col: reason` on any error.
-    Check { paths: Vec<std::path::PathBuf> },
+    /// On success, say for every rule whether the kernel or user space runs it.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Show the decision on one event and every rule that took part.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    /// Policy files or directories (default: /etc/agentgate/policies, else ./policies).
+    #[arg(long)]
+    pub policy: Vec<PathBuf>,
+    /// The session's workspace (default: the current directory).
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+    /// The session user's home, for `~` (default: $HOME); may be repeated.
+    #[arg(long)]
+    pub home: Vec<PathBuf>,
+    /// The uid of the process (default: yours).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// An intent tag of the session; may be repeated.
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// A label the session already holds; may be repeated.
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// A rule that already matched earlier in the session; may be repeated.
+    #[arg(long)]
+    pub after: Vec<String>,
+    /// The event: exec PATH [ARG…] | open ACCESS[,ACCESS…] PATH |
+    /// connect ADDR:PORT | connect unix:PATH
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true)]
+    pub event: Vec<String>,
 }
 
 pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        PolicyCommand::Check { .. } => {
-            anyhow::bail!("the policy language is not built yet (issue 3)")
-        }
+        PolicyCommand::Check { paths } => check(&paths),
+        PolicyCommand::Explain(a) => explain(a),
     }
 }
+
+fn report(diags: &[Diagnostic]) -> ExitCode {
+    for d in diags {
+        eprintln!("{d}");
+    }
+    eprintln!(
+        "{} error{}",
+        diags.len(),
+        if diags.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::FAILURE
+}
+
+fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let set = match super::load(paths) {
+        Ok(s) => s,
+        Err(diags) => return Ok(report(&diags)),
+    };
+    print!("{}", placements(&set));
+    println!(
+        "ok: {} rules, {} profiles, {} labels",
+        set.rules().len(),
+        set.profiles().len(),
+        set.labels().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per rule: where it is, what it does, and where it runs.
+pub fn placements(set: &PolicySet) -> String {
+    let mut out = String::new();
+    for rule in set.rules() {
+        let profile = rule
+            .profiles
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "default".into());
+        let ctx = SessionContext::resolved(
+            profile,
+            vec![b"/workspace".to_vec()],
+            vec![b"/home/user".to_vec()],
+            1000,
+            vec![],
+        );
+        let place = match placement(rule, &ctx) {
+            Ok(()) => "kernel".to_owned(),
+            Err(why) => {
+                let deferred = set
+                    .profiles()
+                    .iter()
+                    .filter(|p| rule.profiles.is_empty() || rule.profiles.contains(&p.name))
+                    .any(|p| rule.action() < p.default);
+                let note = if deferred {
+                    "; the kernel lets its calls through and the daemon decides"
+                } else {
+                    ""
+                };
+                format!("user space ({why}{note})")
+            }
+        };
+        let info = &rule.info;
+        out.push_str(&format!(
+            "{}: {} [{}] {place}\n",
+            info.at,
+            info.name,
+            action_name(info.action)
+        ));
+    }
+    out
+}
+
+fn default_policy_paths() -> Vec<PathBuf> {
+    let etc = Path::new("/etc/agentgate/policies");
+    vec![if etc.is_dir() {
+        etc.to_owned()
+    } else {
+        PathBuf::from("policies")
+    }]
+}
+
+fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let paths = if a.policy.is_empty() {
+        default_policy_paths()
+    } else {
+        a.policy.clone()
+    };
+    let set = match super::load(&paths) {
+        Ok(s) => Arc::new(s),
+        Err(diags) => return Ok(report(&diags)),
+    };
+    if set.profile(&a.profile).is_none() {
+        let names: Vec<&str> = set.profiles().iter().map(|p| p.name.as_str()).collect();
+        bail!("no profile `{}` (have: {})", a.profile, names.join(", "));
+    }
+    let workspace = match &a.workspace {
+        Some(w) => w.clone(),
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
+    let homes: Vec<PathBuf> = if a.home.is_empty() {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect()
+    } else {
+        a.home.clone()
+    };
+    let home_refs: Vec<&Path> = homes.iter().map(PathBuf::as_path).collect();
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = a.uid.unwrap_or_else(|| unsafe { libc::getuid() });
+    let ctx = SessionContext::new(
+        a.profile.clone(),
+        &workspace,
+        &home_refs,
+        uid,
+        a.tag.clone(),
+    )
+    .with_context(|| format!("workspace {}", workspace.display()))?;
+    let mut hist = SessionHistory::new();
+    for l in &a.label {
+        let bit = set
+            .labels()
+            .bit(l)
+            .with_context(|| format!("unknown label `{l}`"))?;
+        hist.add_labels(bit);
+    }
+    for r in &a.after {
+        let info = set
+            .rule_by_name(r)
+            .with_context(|| format!("unknown rule `{r}`"))?;
+        hist.note_match(info.id, 1);
+    }
+    let ev = parse_event(&a.event, &ctx).map_err(anyhow::Error::msg)?;
+    let engine = Engine::new(set.clone());
+    let d = engine.decide(&ev, &ctx, &hist);
+
+    if let Some(p) = event_path(&ev) {
+        println!("event:    {} ({})", a.event.join(" "), p.display());
+    } else {
+        println!("event:    {}", a.event.join(" "));
+    }
+    println!(
+        "verdict:  {} ({})",
+        action_name(d.verdict),
+        d.outcome.name()
+    );
+    match &d.rule {
+        Some(r) => println!("rule:     {} at {}", r.name, r.at),
+        None => println!("rule:     none"),
+    }
+    println!("reason:   {}", d.reason());
+    if d.set_labels != 0 {
+        println!(
+            "labels:   sets {}",
+            set.labels().names(d.set_labels).join(", ")
+        );
+    }
+    let ks = compile_session(&set, &ctx)?;
+    let kernel = with_subject(&ev, |s, access| {
+        let exact = access.iter().all(|x| ks.exact[x as usize]);
+        (ks.decide(s, access, hist.labels()), exact)
+    });
+    if let Ok(((v, id, _), exact)) = kernel {
+        let name = set
+            .rule_info(id)
+            .map_or("none (user space decides)", |r| r.name.as_str());
+        let how = if exact {
+            "the kernel decides this on its own"
+        } else {
+            "rules on this access run in user space: the daemon has the last word"
+        };
+        println!("kernel:   {} by {name}; {how}", action_name(v));
+    }
+    println!("rules that took part ({}):", d.matched.len());
+    for m in &d.matched {
+        if let Some(r) = set.rule_info(m.rule) {
+            let acc: Vec<&str> = m.access.iter().map(super::access_name).collect();
+            println!(
+                "  {:<6} {} [{}] at {}: {}",
+                action_name(m.verdict),
+                r.name,
+                acc.join(","),
+                r.at,
+                r.reason
+            );
+        }
+    }
+    if d.matched.is_empty() {
+        println!("  none: the profile's default applies");
+    }
+    Ok(if d.verdict.blocks() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[doc = "EVENT syntax, for the help text."]
+pub const EVENT_SYNTAX: &str = SYNTAX;

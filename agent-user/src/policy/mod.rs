@@ -1,3 +1,27 @@
-//! The YAML policy language: parsing with positions, checking, compiling to
-//! kernel map contents. (Issue 3.)
+//! The YAML policy language (see `policies/README.md`): loading with
+//! positions, checking, and compiling to kernel map contents.
+//!
+//! The daemon calls [`load`] at start and on reload, [`compile_session`]
+//! for each new session, and hands events to [`crate::engine::Engine`].
 pub mod cli;
+mod compile;
+mod context;
+mod diagnostic;
+mod document;
+mod explain;
+mod load;
+mod matcher;
+mod net;
+mod pattern;
+mod set;
+mod yaml;
+
+pub use compile::{CompileError, Compiled, compile_session, placement};
+pub use context::SessionContext;
+pub use diagnostic::{Diagnostic, Location, Pos};
+pub use document::{API_VERSION, action_name};
+pub use load::{load, load_sources};
+pub use matcher::{AccessMask, Kind, Subject, access_name};
+pub use net::mapped;
+pub use pattern::normalize;
+pub use set::{After, LabelMap, Origin, PolicySet, Profile, Rule, RuleId, RuleInfo};
