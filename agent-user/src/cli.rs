@@ -55,6 +55,9 @@ pub struct ExecArgs {
     /// What the agent was asked to do.
     #[arg(long, default_value = "")]
     pub intent: String,
+    /// An intent tag that rules can match (repeatable), e.g. `--tag expenses`.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
     /// The directory the agent works in.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
@@ -158,6 +161,8 @@ fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
         ttl_secs: args.ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
         command: args.command.clone(),
         principal: std::env::var("SUDO_USER").unwrap_or_default(),
+        home: std::env::var("HOME").unwrap_or_default(),
+        intent_tags: args.tags,
     };
     let id = match call(socket, request::Body::OpenSession(open))? {
         response::Body::SessionOpened(s) => s.id,

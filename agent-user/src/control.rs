@@ -51,6 +51,13 @@ pub struct OpenSession {
     /// uid (SUDO_USER).
     #[prost(string, tag = "7")]
     pub principal: String,
+    /// The launcher's `$HOME`: what `~` means in rules, besides the
+    /// account's home.
+    #[prost(string, tag = "8")]
+    pub home: String,
+    /// Intent tags that rules can match (`session: {intent: [...]}`).
+    #[prost(string, repeated, tag = "9")]
+    pub intent_tags: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -3,7 +3,7 @@
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex, RwLock, atomic::Ordering},
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -17,9 +17,12 @@ use tokio_util::codec::Framed;
 use crate::{
     control::{self, HookCounters, Request, Response, request, response},
     enforce::Enforcer,
+    engine::Engine,
+    judge::Judge,
     loader,
     observer::{self, ReaderStats},
     output::JsonLines,
+    policy::{self, PolicySet, SessionContext},
     sessions::{NewSession, Registry, Session},
 };
 
@@ -58,16 +61,59 @@ pub struct DaemonArgs {
     pub ring_bytes: u32,
 }
 
-/// What the daemon shares between its tasks.
-struct Shared {
+/// What the daemon shares between its tasks. Lock order: engine, registry,
+/// enforcer, tags.
+pub struct Shared {
     tags: Mutex<BpfHashMap<MapData, u32, ProcTag>>,
     counters: PerCpuArray<MapData, u64>,
-    registry: Mutex<Registry>,
+    pub(crate) registry: Mutex<Registry>,
     reader: Arc<ReaderStats>,
     mode: String,
     mode_detail: String,
-    enforcer: Mutex<Enforcer>,
+    pub(crate) enforcer: Mutex<Enforcer>,
+    /// The policy in force; replaced whole on a good reload.
+    pub(crate) engine: RwLock<Arc<Engine>>,
+    policy_paths: Vec<PathBuf>,
+    pub(crate) audit_only: bool,
     programs: Vec<String>,
+}
+
+impl Shared {
+    /// The session a live process is tagged with, if any.
+    pub(crate) fn session_of(&self, pid: u32) -> Option<SessionId> {
+        self.tags
+            .lock()
+            .unwrap()
+            .get(&pid, 0)
+            .ok()
+            .map(|t| t.session)
+    }
+}
+
+/// Where policies come from when `--policy` is not given.
+fn default_policy_paths() -> Vec<PathBuf> {
+    let etc = PathBuf::from("/etc/agentgate/policies");
+    if etc.is_dir() {
+        return vec![etc];
+    }
+    vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")]
+}
+
+/// Loads and checks the policy files: every error, with its place.
+fn load_policy(paths: &[PathBuf]) -> anyhow::Result<Arc<PolicySet>> {
+    policy::load(paths).map(Arc::new).map_err(|diags| {
+        let all: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "{} error(s) in the policy ({}):\n  {}",
+            all.len(),
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            all.join("\n  ")
+        )
+    })
 }
 
 /// The mode the daemon runs in, and what it does and does not guarantee.
@@ -153,6 +199,29 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             "agentgate daemon must run as root (it loads eBPF programs): run `sudo agentgate daemon`"
         );
     }
+    let policy_paths = if args.policy.is_empty() {
+        default_policy_paths()
+    } else {
+        args.policy.clone()
+    };
+    // A policy that does not check stops the start: enforcing nothing while
+    // looking up is the failure this tool exists to prevent.
+    let set = load_policy(&policy_paths)?;
+    log::info!(
+        "policy: {} rules, {} profiles ({}) from {}",
+        set.rules().len(),
+        set.profiles().len(),
+        set.profiles()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        policy_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let probe = loader::probe();
     let mode = choose_mode(args.mode, args.audit_only, &probe)?;
     if args.log == LogFormat::Journald {
@@ -201,6 +270,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         mode: mode.name.to_owned(),
         mode_detail: mode.detail,
         enforcer: Mutex::new(enforcer),
+        engine: RwLock::new(Arc::new(Engine::new(set))),
+        policy_paths,
+        audit_only: args.audit_only,
         programs: loaded.attached.clone(),
     });
 
@@ -212,8 +284,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         ring,
         reader,
         mode.kernel_mode == MODE_LSM,
-        JsonLines::new(std::io::stdout()),
+        Judge::new(shared.clone(), JsonLines::new(std::io::stdout())),
     ));
+    tokio::spawn(watch_policy(shared.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -225,6 +298,86 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     drop(loaded);
     Ok(())
+}
+
+/// Reloads the policy on SIGHUP and when a policy file changes (polled:
+/// editors replace files in ways inotify watches miss).
+async fn watch_policy(shared: Arc<Shared>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        log::error!("cannot watch SIGHUP: policy reloads only on file change");
+        return;
+    };
+    let mut seen = policy_stamp(&shared.policy_paths);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let why = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let now = policy_stamp(&shared.policy_paths);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "a policy file changed"
+            }
+        };
+        match reload(&shared) {
+            Ok(n) => log::info!("policy reloaded ({why}): in force for {n} session(s)"),
+            Err(e) => log::error!(
+                "policy reload ({why}) refused, the previous policy stays in force: {e:#}"
+            ),
+        }
+    }
+}
+
+/// Names and modification times of the policy files, to notice changes.
+fn policy_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let entries: Vec<PathBuf> = if p.is_dir() {
+            std::fs::read_dir(p)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default()
+        } else {
+            vec![p.clone()]
+        };
+        for e in entries {
+            let mtime = std::fs::metadata(&e).and_then(|m| m.modified()).ok();
+            out.push((e, mtime));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Checks the policy files and, only if every file and every session's
+/// compilation is good, puts the new policy in force everywhere at once.
+fn reload(shared: &Shared) -> anyhow::Result<usize> {
+    let set = load_policy(&shared.policy_paths)?;
+    let mut engine = shared.engine.write().unwrap();
+    let mut registry = shared.registry.lock().unwrap();
+    let mut compiled = Vec::new();
+    for s in registry.iter() {
+        let c = policy::compile_session(&set, &s.ctx)
+            .with_context(|| format!("session {} (profile {})", s.id, s.ctx.profile))?;
+        compiled.push((s.id, c));
+    }
+    let mut enforcer = shared.enforcer.lock().unwrap();
+    for (id, c) in &compiled {
+        enforcer
+            .install(*id, &c.kernel)
+            .with_context(|| format!("session {id}: installing its rules"))?;
+    }
+    let old = engine.policy().clone();
+    for s in registry.iter_mut() {
+        s.history = s.history.carry_over(&old, &set);
+        let labels = s.history.labels();
+        if let Err(e) = enforcer.set_labels(s.id, labels) {
+            log::error!("session {}: labels after reload: {e}", s.id);
+        }
+    }
+    *engine = Arc::new(Engine::new(set));
+    Ok(compiled.len())
 }
 
 async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -314,7 +467,7 @@ async fn handle_connection(stream: UnixStream, shared: &Shared) -> anyhow::Resul
 
 fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body {
     // A process inside a session must not steer its own guard.
-    if let Some(session) = session_of(shared, peer.pid) {
+    if let Some(session) = shared.session_of(peer.pid) {
         return response::Body::Error(format!(
             "refused: the caller (pid {}) is inside session {session}",
             peer.pid
@@ -341,16 +494,6 @@ fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body 
         },
         None => response::Body::Error("malformed request: empty".into()),
     }
-}
-
-fn session_of(shared: &Shared, pid: u32) -> Option<SessionId> {
-    shared
-        .tags
-        .lock()
-        .unwrap()
-        .get(&pid, 0)
-        .ok()
-        .map(|t| t.session)
 }
 
 /// (start time in boot-clock ns, ppid) of a live process, from /proc.
@@ -395,18 +538,63 @@ fn open_session(
     } else {
         open.principal
     };
+    // The rules go into the kernel before the pid is tagged: the session's
+    // first call is already judged by them.
+    let engine = shared.engine.read().unwrap().clone();
+    let set = engine.policy();
+    if set.profile(&open.profile).is_none() {
+        bail!(
+            "no profile {:?} in the policy (profiles: {})",
+            open.profile,
+            set.profiles()
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut homes: Vec<PathBuf> = Vec::new();
+    if !open.home.is_empty() {
+        homes.push(PathBuf::from(&open.home));
+    }
+    if let Some(home) = user_home(peer.uid)
+        && !homes.contains(&home)
+    {
+        homes.push(home);
+    }
+    let home_refs: Vec<&Path> = homes.iter().map(PathBuf::as_path).collect();
+    let ctx = SessionContext::new(
+        &open.profile,
+        Path::new(&open.workspace),
+        &home_refs,
+        peer.uid,
+        open.intent_tags.clone(),
+    )
+    .with_context(|| format!("workspace {:?}", open.workspace))?;
+    let compiled = policy::compile_session(set, &ctx)
+        .with_context(|| format!("compiling profile {:?}", open.profile))?;
     let mut registry = shared.registry.lock().unwrap();
-    let session = registry.open(NewSession {
-        pid: peer.pid,
-        uid: peer.uid,
-        principal,
-        profile: open.profile,
-        intent: open.intent,
-        workspace: open.workspace,
-        command: open.command,
-        ttl,
-    });
-    let id = session.id;
+    let id = registry.next_id();
+    shared
+        .enforcer
+        .lock()
+        .unwrap()
+        .install(id, &compiled.kernel)
+        .context("installing the session's rules in the kernel")?;
+    let session = registry.open(
+        NewSession {
+            pid: peer.pid,
+            uid: peer.uid,
+            principal,
+            profile: open.profile,
+            intent: open.intent,
+            workspace: open.workspace,
+            command: open.command,
+            ttl,
+        },
+        ctx,
+    );
+    debug_assert_eq!(session.id, id);
     let tag = ProcTag {
         session: id,
         start_ns,
@@ -415,6 +603,7 @@ fn open_session(
     };
     if let Err(e) = shared.tags.lock().unwrap().insert(peer.pid, tag, 0) {
         registry.remove(id);
+        shared.enforcer.lock().unwrap().remove(id);
         bail!("cannot tag pid {}: {e}", peer.pid);
     }
     log::info!(
@@ -447,21 +636,32 @@ fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()
     for pid in pids {
         let _ = tags.remove(&pid);
     }
+    drop(tags);
+    shared.enforcer.lock().unwrap().remove(id);
     registry.remove(id);
     log::info!("session {id} ended by uid {}", peer.uid);
     Ok(())
 }
 
-fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.get(2) == Some(&uid.to_string().as_str())).then(|| f[0].to_owned())
-            })
+/// The /etc/passwd fields of `uid`.
+fn passwd_entry(uid: u32) -> Option<Vec<String>> {
+    std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2) == Some(&uid.to_string().as_str()))
+                .then(|| f.iter().map(|s| (*s).to_owned()).collect())
         })
+    })
+}
+
+fn user_name(uid: u32) -> String {
+    passwd_entry(uid)
+        .and_then(|f| f.first().cloned())
         .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+fn user_home(uid: u32) -> Option<PathBuf> {
+    passwd_entry(uid).and_then(|f| f.get(5).map(PathBuf::from))
 }
 
 fn unix_secs(t: std::time::SystemTime) -> u64 {

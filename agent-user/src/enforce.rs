@@ -199,6 +199,13 @@ impl Enforcer {
         self.labels.get(&session, 0).unwrap_or(0)
     }
 
+    /// Replaces the session's labels (after a reload renumbered them).
+    pub fn set_labels(&mut self, session: SessionId, bits: u64) -> Result<(), EnforceError> {
+        self.labels
+            .insert(session, bits, 0)
+            .map_err(map_err("SESSION_LABELS"))
+    }
+
     /// Adds labels decided in user space, so that the kernel's next
     /// judgement sees them.
     pub fn add_labels(&mut self, session: SessionId, bits: u64) -> Result<(), EnforceError> {

@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod engine;
 pub mod events;
 pub mod journal;
+pub mod judge;
 pub mod loader;
 pub mod observer;
 pub mod output;

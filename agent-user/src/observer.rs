@@ -42,13 +42,16 @@ impl StackedOpenEcho {
             return false;
         }
         let h = &raw.header;
-        let echo = self.last.as_ref().is_some_and(|(tid, t, flags, verdict, path)| {
-            *tid == h.tid
-                && h.time_ns.saturating_sub(*t) < Self::WINDOW_NS
-                && *flags == h.arg1
-                && *verdict == h.verdict
-                && *path == raw.path
-        });
+        let echo = self
+            .last
+            .as_ref()
+            .is_some_and(|(tid, t, flags, verdict, path)| {
+                *tid == h.tid
+                    && h.time_ns.saturating_sub(*t) < Self::WINDOW_NS
+                    && *flags == h.arg1
+                    && *verdict == h.verdict
+                    && *path == raw.path
+            });
         self.last = (!echo).then(|| (h.tid, h.time_ns, h.arg1, h.verdict, raw.path.clone()));
         echo
     }

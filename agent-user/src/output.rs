@@ -64,6 +64,22 @@ struct JsonEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_path: Option<&'a std::path::Path>,
     kernel: crate::events::KernelVerdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<&'a Verdict>,
+}
+
+/// The daemon's decision on an event, as it is written out.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    /// allow, audit, refer, deny or kill.
+    pub verdict: &'static str,
+    /// The AARM outcome class.
+    pub outcome: &'static str,
+    pub rule: String,
+    pub reason: String,
+    /// What the daemon did beyond the kernel: `none`, or `killed` when only
+    /// user space could judge the call and it was refused.
+    pub reaction: &'static str,
 }
 
 pub fn kind_name(t: &Target) -> &'static str {
@@ -134,21 +150,26 @@ impl<W: Write> JsonLines<W> {
     }
 }
 
-impl<W: Write> crate::observer::EventSink for JsonLines<W> {
-    fn event(&mut self, event: Event) {
-        if let Err(e) = write_json(&mut self.out, &self.clock, &event) {
+impl<W: Write> JsonLines<W> {
+    pub fn write(&mut self, event: &Event, decision: Option<&Verdict>) {
+        if let Err(e) = write_json(&mut self.out, &self.clock, event, decision) {
             log::error!("writing an event: {e}");
         }
     }
 
-    fn drained(&mut self) {
+    pub fn flush(&mut self) {
         if let Err(e) = self.out.flush() {
             log::error!("flushing events: {e}");
         }
     }
 }
 
-pub fn write_json(out: &mut impl Write, clock: &Clock, ev: &Event) -> std::io::Result<()> {
+pub fn write_json(
+    out: &mut impl Write,
+    clock: &Clock,
+    ev: &Event,
+    decision: Option<&Verdict>,
+) -> std::io::Result<()> {
     let p = &ev.process;
     let (flags, argv, raw_path) = match &ev.target {
         Target::Open {
@@ -177,6 +198,7 @@ pub fn write_json(out: &mut impl Write, clock: &Clock, ev: &Event) -> std::io::R
         argv,
         raw_path,
         kernel: ev.kernel,
+        decision,
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")

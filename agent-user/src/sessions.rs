@@ -6,12 +6,18 @@ use std::{
 
 use agent_common::SessionId;
 
+use crate::{engine::SessionHistory, policy::SessionContext};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: SessionId,
     pub spec: NewSession,
     pub created: SystemTime,
     pub expires: Option<SystemTime>,
+    /// What the policy is specialised with for this session.
+    pub ctx: SessionContext,
+    /// What it has done so far, as far as rules care.
+    pub history: SessionHistory,
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +55,13 @@ impl Registry {
         }
     }
 
-    pub fn open(&mut self, s: NewSession) -> &Session {
+    /// The id the next session will get: its rules go into the kernel
+    /// before the session exists here.
+    pub fn next_id(&self) -> SessionId {
+        self.next + 1
+    }
+
+    pub fn open(&mut self, s: NewSession, ctx: SessionContext) -> &Session {
         self.next += 1;
         let id = self.next;
         let created = SystemTime::now();
@@ -58,12 +70,22 @@ impl Registry {
             expires: s.ttl.map(|t| created + t),
             spec: s,
             created,
+            ctx,
+            history: SessionHistory::new(),
         };
         self.sessions.entry(id).or_insert(session)
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Session> {
         self.sessions.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        self.sessions.get_mut(&id)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.sessions.values_mut()
     }
 
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
@@ -100,11 +122,23 @@ mod tests {
         }
     }
 
+    fn ctx() -> SessionContext {
+        SessionContext::resolved(
+            "coding-agent",
+            vec![b"/tmp/w".to_vec()],
+            vec![],
+            1000,
+            vec![],
+        )
+    }
+
     #[test]
     fn ids_are_distinct_nonzero_and_kept() {
         let mut r = Registry::new();
-        let a = r.open(new(10)).id;
-        let b = r.open(new(11)).id;
+        let expected = r.next_id();
+        let a = r.open(new(10), ctx()).id;
+        assert_eq!(a, expected);
+        let b = r.open(new(11), ctx()).id;
         assert_ne!(a, 0);
         assert_ne!(a, b);
         assert_eq!(r.get(a).unwrap().spec.pid, 10);

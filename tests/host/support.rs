@@ -28,19 +28,32 @@ pub struct Daemon {
     pub socket: PathBuf,
 }
 
+/// A test's own policy file, under tests/host/policies.
+pub fn test_policy(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/host/policies")
+        .join(name)
+}
+
 impl Daemon {
+    /// A daemon with `extra` arguments; without `--policy`, with the
+    /// everything-in-scope policy of the pipeline tests.
     pub fn start(extra: &[&str]) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agentgate.sock");
-        let child = Command::new(AGENTGATE)
-            .arg("daemon")
+        let mut cmd = Command::new(AGENTGATE);
+        cmd.arg("daemon")
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .args(["--log", "json"])
-            .args(extra)
+            .args(extra);
+        if !extra.contains(&"--policy") {
+            cmd.arg("--policy").arg(test_policy("observe.yaml"));
+        }
+        let child = cmd
             .stdout(fs::File::create(dir.path().join("events.jsonl")).unwrap())
             .stderr(fs::File::create(dir.path().join("daemon.log")).unwrap())
             .spawn()

@@ -1,0 +1,120 @@
+//! Every event of a session, in order: judged by the engine against the
+//! session's context, recorded in its history, acted on, written out.
+//!
+//! The kernel has already decided what its maps cover. What only user space
+//! can judge (argument patterns, sequences, general globs, paths fallback
+//! mode cannot read as written) is decided here, after the call: a refusal
+//! then means SIGKILL for the process, and labels the engine grants go to
+//! the kernel at once so that its next judgement sees them.
+use std::sync::Arc;
+
+use agent_common::Verdict;
+
+use crate::{
+    daemon::Shared,
+    engine::Decision,
+    events::{Event, Target, verdict_name},
+    observer::EventSink,
+    output::{self, JsonLines},
+};
+
+pub struct Judge<W: std::io::Write> {
+    shared: Arc<Shared>,
+    out: JsonLines<W>,
+}
+
+impl<W: std::io::Write> Judge<W> {
+    pub fn new(shared: Arc<Shared>, out: JsonLines<W>) -> Self {
+        Self { shared, out }
+    }
+
+    /// The decision on a call of a live session; `None` for fork and exit,
+    /// and for sessions already ended.
+    fn decide(&self, ev: &Event) -> Option<output::Verdict> {
+        if matches!(ev.target, Target::Fork { .. } | Target::Exit) {
+            return None;
+        }
+        let engine = self.shared.engine.read().unwrap().clone();
+        let mut registry = self.shared.registry.lock().unwrap();
+        let session = registry.get_mut(ev.session)?;
+        // Labels the kernel set on its own since the last event.
+        let kernel_labels = self.shared.enforcer.lock().unwrap().labels(ev.session);
+        session.history.add_labels(kernel_labels);
+        let d = engine.decide(ev, &session.ctx, &session.history);
+        session.history.record(&d, ev.time_ns);
+        let gained = session.history.labels() & !kernel_labels;
+        drop(registry);
+        if gained != 0
+            && let Err(e) = self
+                .shared
+                .enforcer
+                .lock()
+                .unwrap()
+                .add_labels(ev.session, gained)
+        {
+            log::error!("session {}: labels to the kernel: {e}", ev.session);
+        }
+        let reaction = self.react(ev, &d);
+        Some(output::Verdict {
+            verdict: verdict_name(d.verdict),
+            outcome: d.outcome.name(),
+            rule: d.rule_name().to_owned(),
+            reason: d.reason().to_owned(),
+            reaction,
+        })
+    }
+
+    /// A refusal the kernel did not carry out (it could not judge the call,
+    /// or only user space knows the rule): kill the process, unless the
+    /// daemon only audits.
+    fn react(&self, ev: &Event, d: &Decision) -> &'static str {
+        let kernel_acted = ev.kernel.enforced != "none";
+        if !d.verdict.blocks() || kernel_acted || self.shared.audit_only {
+            return "none";
+        }
+        let pid = ev.process.pid;
+        // The pid must still be this session's: never kill a stranger that
+        // reused it.
+        if self.shared.session_of(pid) != Some(ev.session) {
+            return "gone";
+        }
+        // SAFETY: kill has no memory preconditions.
+        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+            log::warn!(
+                "session {}: killed pid {pid} ({}): {} — {}",
+                ev.session,
+                ev.process.comm,
+                d.rule_name(),
+                d.reason()
+            );
+            "killed"
+        } else {
+            "gone"
+        }
+    }
+}
+
+impl<W: std::io::Write> EventSink for Judge<W> {
+    fn event(&mut self, event: Event) {
+        let decision = self.decide(&event);
+        if let Some(d) = &decision
+            && d.verdict != verdict_name(Verdict::Allow)
+        {
+            log::info!(
+                "session {} pid {} {}: {} ({}, rule {}: {})",
+                event.session,
+                event.process.pid,
+                output::target_string(&event.target),
+                d.verdict,
+                d.outcome,
+                d.rule,
+                d.reason
+            );
+        }
+        self.out.write(&event, decision.as_ref());
+    }
+
+    fn drained(&mut self) {
+        self.out.flush();
+    }
+}
