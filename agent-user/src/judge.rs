@@ -31,8 +31,11 @@ impl<W: std::io::Write> Judge<W> {
     /// The decision on a call of a live session; `None` for fork and exit,
     /// and for sessions already ended.
     fn decide(&self, ev: &Event) -> Option<output::Verdict> {
-        if matches!(ev.target, Target::Fork { .. } | Target::Exit) {
-            return None;
+        match &ev.target {
+            Target::Fork { .. } | Target::Exit => return None,
+            // open("") names no file and fails with ENOENT: nothing to judge.
+            Target::Open { raw_path, .. } if raw_path.as_os_str().is_empty() => return None,
+            _ => {}
         }
         let engine = self.shared.engine.read().unwrap().clone();
         let mut registry = self.shared.registry.lock().unwrap();

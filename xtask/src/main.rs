@@ -9,6 +9,8 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod scenarios;
 mod setup;
 mod vm;
 
@@ -35,6 +37,10 @@ enum Task {
     Test,
     /// Boot a Debian kernel with BPF LSM in qemu and run the kernel tests inside it.
     VmTest,
+    /// Run the benign workload corpus and our attacks, plain and under agentgate.
+    Scenarios,
+    /// Overhead side by side (no agent, agentgate, auditd), then criterion benchmarks.
+    Bench,
 }
 
 fn main() {
@@ -65,11 +71,22 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::run()?;
             require_root("the kernel tests load eBPF programs")?;
             cargo(&["test", "--workspace", "--all-targets"])?;
-            vm::run()
+            vm::run()?;
+            scenarios::run()
         }
         Task::VmTest => {
             setup::run()?;
             vm::run()
+        }
+        Task::Bench => {
+            setup::run()?;
+            require_root("the benchmark loads eBPF programs and audit rules")?;
+            bench::run()
+        }
+        Task::Scenarios => {
+            setup::run()?;
+            require_root("the scenarios load eBPF programs and create a throwaway user")?;
+            scenarios::run()
         }
     }
 }
@@ -122,7 +139,7 @@ pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     status(Command::new(cargo).args(args).current_dir(workspace_root()))
 }

@@ -32,6 +32,15 @@ const APT: &[(&str, &str)] = &[
         "busybox-static",
         "virtme-ng builds the guest's initramfs with it",
     ),
+    (
+        "auditd",
+        "the baseline `cargo xtask bench` compares against",
+    ),
+    ("curl", "the scenario corpus"),
+    (
+        "iproute2",
+        "the scenario harness's private network namespace",
+    ),
 ];
 
 fn installed(pkg: &str) -> bool {
