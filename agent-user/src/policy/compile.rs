@@ -386,7 +386,12 @@ impl Compiled {
     /// through: a model of its look-ups (longest prefix match in each map,
     /// every applicable slot, the strongest verdict with ties to the lower
     /// rule id, else the session default for that access).
-    pub fn decide(&self, subject: &Subject<'_>, access: AccessMask, labels: u64) -> (Verdict, RuleId, u64) {
+    pub fn decide(
+        &self,
+        subject: &Subject<'_>,
+        access: AccessMask,
+        labels: u64,
+    ) -> (Verdict, RuleId, u64) {
         let k = &self.kernel;
         let mut best: Option<(Verdict, RuleId)> = None;
         let mut set = 0;
