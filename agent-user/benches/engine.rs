@@ -41,7 +41,10 @@ fn exec(path: &str, args: &[&str]) -> Event {
     event(Target::Exec {
         path: path.into(),
         raw_path: path.into(),
-        argv: std::iter::once(path).chain(args.iter().copied()).map(String::from).collect(),
+        argv: std::iter::once(path)
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect(),
         dirfd: -100,
     })
 }
@@ -58,7 +61,10 @@ fn mix() -> Vec<Event> {
     vec![
         open("/work/ws/src/main.rs", libc::O_RDONLY),
         open("/usr/lib/x86_64-linux-gnu/libc.so.6", libc::O_RDONLY),
-        open("/work/ws/target/debug/deps/x.o", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC),
+        open(
+            "/work/ws/target/debug/deps/x.o",
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        ),
         open("/tmp/cc1XyZ.s", libc::O_RDWR | libc::O_CREAT),
         open("/home/u/.ssh/id_rsa", libc::O_RDONLY),
         open("/home/u/.npm/_cacache/index-v5/aa/bb", libc::O_RDONLY),
