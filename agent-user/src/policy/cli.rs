@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use super::{
     Diagnostic, PolicySet, SessionContext, action_name, compile_session,
-    explain::{SYNTAX, event_path, parse_event},
+    explain::{event_path, parse_event},
     placement,
 };
 use crate::engine::{Engine, SessionHistory, with_subject};
@@ -88,6 +88,10 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         Err(diags) => return Ok(report(&diags)),
     };
     print!("{}", placements(&set));
+    for (name, description) in set.labels().iter() {
+        let bit = set.labels().bit(name).unwrap_or(0).trailing_zeros();
+        println!("label {name} = bit {bit}: {description}");
+    }
     println!(
         "ok: {} rules, {} profiles, {} labels",
         set.rules().len(),
@@ -264,6 +268,3 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
-
-#[doc = "EVENT syntax, for the help text."]
-pub const EVENT_SYNTAX: &str = SYNTAX;

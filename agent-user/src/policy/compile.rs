@@ -456,12 +456,12 @@ fn lpm<'a>(
         .map(|(_, _, e)| e)
 }
 
-fn lpm_net<'a>(
-    map: &'a [(u32, NetRuleKey, RuleEntry)],
+fn lpm_net(
+    map: &[(u32, NetRuleKey, RuleEntry)],
     ruleset: u32,
     port: u16,
     ip: Ipv6Addr,
-) -> Option<&'a RuleEntry> {
+) -> Option<&RuleEntry> {
     map.iter()
         .filter(|(bits, k, _)| {
             let len = (*bits - 64) as u8;

@@ -197,10 +197,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn required<'n>(&mut self, f: &Fields<'n>, key: &str, what: &str) -> Option<&'n Node>
-    where
-        Fields<'n>: Sized,
-    {
+    fn required<'n>(&mut self, f: &Fields<'n>, key: &str, what: &str) -> Option<&'n Node> {
         let found = f.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
         if found.is_none() {
             self.err(f.pos, format!("{what} has no `{key}`"));
@@ -254,9 +251,8 @@ impl<'a> Decoder<'a> {
                 ("Policy", "spec") | ("Profile", "labels" | "rules")
             )
         };
-        for (k, v) in &f.entries {
+        for (k, _) in &f.entries {
             if misplaced(k) {
-                let _ = v;
                 let pos = node_key_pos(node, k).unwrap_or(f.pos);
                 self.err(
                     pos,
@@ -520,19 +516,18 @@ impl<'a> Decoder<'a> {
                 }
             }
         }
-        if ok && set.regexes.is_empty() && !set.patterns.is_empty() {
-            if set
-                .patterns
-                .iter()
-                .all(|p| set.except.iter().any(|e| p.within(e)))
-            {
-                let pos = f.get("except").map_or(f.pos, |n| n.pos);
-                self.err(
-                    pos,
-                    "`except` covers every `path`: the rule can never match",
-                );
-                ok = false;
-            }
+        let covered = |p: &PathPattern| set.except.iter().any(|e| p.within(e));
+        if ok
+            && set.regexes.is_empty()
+            && !set.patterns.is_empty()
+            && set.patterns.iter().all(covered)
+        {
+            let pos = f.get("except").map_or(f.pos, |n| n.pos);
+            self.err(
+                pos,
+                "`except` covers every `path`: the rule can never match",
+            );
+            ok = false;
         }
         ok.then_some(set)
     }
@@ -824,7 +819,7 @@ impl<'a> Decoder<'a> {
             pos: name.pos,
             value: name.value.clone(),
         };
-        let mut scope = |dec: &mut Self, key: &str, target: Option<TargetMatch>, pos: Pos| {
+        let mut scope = |key: &str, target: Option<TargetMatch>, pos: Pos| {
             if let Some(target) = target {
                 scopes.push(RawRule {
                     pos,
@@ -850,7 +845,6 @@ impl<'a> Decoder<'a> {
                     canon: String::new(),
                 });
             }
-            let _ = dec;
         };
         for (key, access) in [
             ("exec", None),
@@ -869,7 +863,7 @@ impl<'a> Decoder<'a> {
                     }),
                     Some(access) => TargetMatch::Open { path, access },
                 });
-                scope(self, key, target, n.pos);
+                scope(key, target, n.pos);
             }
         }
         if let Some(n) = s.get("connect") {
@@ -880,7 +874,7 @@ impl<'a> Decoder<'a> {
                             .fields(item, "a connect scope", &["addr", "port", "unix"])
                             .and_then(|f| self.connect_fields(&f))
                             .map(TargetMatch::Connect);
-                        scope(self, &format!("connect.{}", i + 1), c, item.pos);
+                        scope(&format!("connect.{}", i + 1), c, item.pos);
                     }
                 }
                 _ => self.err(

@@ -128,7 +128,7 @@ pub fn load_sources<N: AsRef<str>, B: AsRef<[u8]>>(
 /// A rule of the set before ids are given: a written rule or scope, or a
 /// profile's default.
 enum Entry {
-    Rule(RawRule, Origin),
+    Rule(Box<RawRule>, Origin),
     Default {
         profile: String,
         pos: Pos,
@@ -184,7 +184,7 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
                 entries.extend(
                     p.rules
                         .into_iter()
-                        .map(|r| (file.clone(), Entry::Rule(r, Origin::Rule))),
+                        .map(|r| (file.clone(), Entry::Rule(Box::new(r), Origin::Rule))),
                 );
             }
             Document::Profile(p) => {
@@ -200,7 +200,7 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
                     let origin = Origin::Scope {
                         profile: p.name.value.clone(),
                     };
-                    entries.push((file.clone(), Entry::Rule(r, origin)));
+                    entries.push((file.clone(), Entry::Rule(Box::new(r), origin)));
                 }
                 // The default takes the next id, after the profile's scopes.
                 entries.push((

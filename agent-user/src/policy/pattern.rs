@@ -143,7 +143,7 @@ impl PathPattern {
         } else if let Some(tail) = b
             .strip_prefix(b"/**/")
             .filter(|t| root == Root::Absolute && !t.contains(&b'/'))
-            .and_then(|t| suffix_of(t))
+            .and_then(suffix_of)
         {
             tail
         } else {
@@ -161,10 +161,6 @@ impl PathPattern {
             root,
             body,
         })
-    }
-
-    pub fn root(&self) -> Root {
-        self.root
     }
 
     /// Whether `path` (already normalised) matches.

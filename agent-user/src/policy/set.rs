@@ -87,7 +87,7 @@ impl Rule {
 
     /// The static part of the session filter: profile and intent.
     pub fn in_session(&self, ctx: &SessionContext) -> bool {
-        (self.profiles.is_empty() || self.profiles.iter().any(|p| *p == ctx.profile))
+        (self.profiles.is_empty() || self.profiles.contains(&ctx.profile))
             && (self.intent.is_empty() || self.intent.iter().any(|t| ctx.intent_tags.contains(t)))
     }
 }

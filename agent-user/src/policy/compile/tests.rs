@@ -1,1 +1,388 @@
+use std::{net::IpAddr, path::Path, sync::Arc};
 
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    engine::{Engine, SessionHistory},
+    events::Process,
+    policy::{load, load_sources, mapped, normalize},
+};
+
+/// Every rule here compiles to the kernel exactly.
+const CORE: &str = r#"
+apiVersion: agentgate.dev/v1
+kind: Profile
+metadata: {name: tricky}
+spec:
+  exec: [/usr/bin/**, "${workspace}/**"]
+  read: [/**]
+  write: ["${workspace}/**", /tmp/**]
+  connect:
+    - {addr: 10.0.0.0/8, port: 443}
+    - {addr: 10.1.0.0/16}
+    - {addr: "2001:db8::/32", port: [80-81]}
+    - {addr: localhost, port: 8000-8015}
+    - unix: [/run/tricky.sock]
+  default: deny
+---
+apiVersion: agentgate.dev/v1
+kind: Policy
+metadata: {name: tricky}
+labels: {a: label a, b: label b, c: label c}
+rules:
+  - {name: deny-home, reason: r, match: {open: {path: ~/**, except: ["~/ok/**", ~/ok2]}}, action: deny}
+  - {name: refer-ws-secret, reason: r, match: {open: {path: "${workspace}/secret/**", access: read}}, action: refer}
+  - {name: audit-pem, reason: r, match: {open: {path: "**/*.pem", access: [read]}}, action: audit, set_labels: [a]}
+  - {name: kill-pem-after-b, reason: r, match: {open: {path: "**/*.pem"}, session: {labels: [b]}}, action: kill}
+  - {name: allow-etc-a, reason: r, match: {open: {path: /etc/a/**}, session: {not_labels: [c]}}, action: allow, set_labels: [b]}
+  - {name: deny-etc-a-x, reason: r, match: {open: {path: /etc/a/x}}, action: deny}
+  - {name: audit-etc, reason: r, match: {open: {path: /etc/**, access: read}}, action: audit, set_labels: [c]}
+  - {name: kill-net-after-a, reason: r, match: {connect: {addr: "::/0"}, session: {labels: [a]}}, action: kill}
+  - {name: refer-10-1-1, reason: r, match: {connect: {addr: 10.1.1.0/24, port: [22, 443]}}, action: refer}
+  - {name: deny-8-8, reason: r, match: {connect: {addr: 8.8.8.8}}, action: deny}
+  - {name: audit-exec-bin, reason: r, match: {exec: {path: ~/bin/**}}, action: audit, set_labels: [c]}
+  - {name: refer-sock, reason: r, match: {connect: {unix: /run/agentgate/**}}, action: refer}
+"#;
+
+/// Rules only user space can decide.
+const USER: &str = r#"
+apiVersion: agentgate.dev/v1
+kind: Policy
+metadata: {name: user}
+rules:
+  - {name: regex-deny, reason: r, match: {open: {path_regex: "^/etc/a/y[0-9]$"}}, action: deny}
+  - {name: glob-allow, reason: r, match: {open: {path: "/srv/*/public/**", access: [write]}}, action: allow}
+  - {name: argv-allow, reason: r, match: {exec: {path: /opt/tool, args: "--safe"}}, action: allow}
+  - {name: wide-ports, reason: r, match: {connect: {addr: localhost, port: 8000-9000}}, action: allow}
+  - {name: glob-exec, reason: r, match: {exec: {path: "/opt/*/bin/*"}}, action: allow}
+"#;
+
+fn tricky() -> PolicySet {
+    load_sources(&[("core.yaml", CORE), ("user.yaml", USER)]).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
+static SETS: std::sync::LazyLock<Vec<Arc<PolicySet>>> = std::sync::LazyLock::new(|| {
+    let shipped = load(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")]).unwrap();
+    let core = load_sources(&[("core.yaml", CORE)]).unwrap_or_else(|d| panic!("{d:?}"));
+    vec![Arc::new(shipped), Arc::new(core), Arc::new(tricky())]
+});
+
+fn ctx(profile: &str) -> SessionContext {
+    SessionContext::resolved(
+        profile,
+        vec![b"/work/ws".to_vec()],
+        vec![b"/home/u".to_vec()],
+        1000,
+        vec![],
+    )
+}
+
+fn slots(e: &RuleEntry) -> Vec<(u32, Verdict)> {
+    e.slots
+        .iter()
+        .filter(|s| s.verdict != 0)
+        .map(|s| (s.rule, Verdict::from_u8(s.verdict)))
+        .collect()
+}
+
+fn path_entry<'a>(c: &'a Compiled, access: Access, p: &[u8], exact: bool) -> Option<&'a RuleEntry> {
+    let bits = path_prefix_bits(p.len() + usize::from(exact));
+    c.kernel
+        .path
+        .iter()
+        .find(|(b, k, _)| *b == bits && k.access == access as u8 && k.path[..p.len()] == *p)
+        .map(|(_, _, e)| e)
+}
+
+#[test]
+fn less_specific_rules_fold_into_longer_keys() {
+    let set = tricky();
+    let c = compile_session(&set, &ctx("tricky")).unwrap();
+    let id = |n: &str| set.rule_by_name(n).unwrap().id;
+    // /etc/a/x carries the tree rule above it; the deny comes first.
+    let e = path_entry(&c, Access::Read, b"/etc/a/x", true).unwrap();
+    assert_eq!(slots(e)[0], (id("deny-etc-a-x"), Verdict::Deny));
+    assert!(slots(e).contains(&(id("allow-etc-a"), Verdict::Allow)));
+    // The exception keys of deny-home leave the deny out.
+    let e = path_entry(&c, Access::Read, b"/home/u/ok/", false).unwrap();
+    assert!(!slots(e).iter().any(|(r, _)| *r == id("deny-home")));
+    let e = path_entry(&c, Access::Read, b"/home/u/", false).unwrap();
+    assert!(slots(e).contains(&(id("deny-home"), Verdict::Deny)));
+    // Suffixes are stored reversed.
+    let (bits, k, _) = c
+        .kernel
+        .suffix
+        .iter()
+        .find(|(_, k, _)| k.access == Access::Read as u8)
+        .unwrap();
+    assert_eq!(
+        (*bits, &k.path[..4]),
+        (path_prefix_bits(4), b"mep.".as_slice())
+    );
+}
+
+#[test]
+fn net_keys_are_ipv4_mapped_with_exact_ports() {
+    let set = tricky();
+    let c = compile_session(&set, &ctx("tricky")).unwrap();
+    let key = |port: u16, addr: &str, len: u32| {
+        let ip: IpAddr = addr.parse().unwrap();
+        c.kernel.net.iter().any(|(b, k, _)| {
+            *b == net_prefix_bits(len) && k.port == port && k.addr == mapped(ip).octets()
+        })
+    };
+    assert!(key(443, "10.0.0.0", 96 + 8));
+    assert!(key(0, "10.1.0.0", 96 + 16));
+    assert!(key(22, "10.1.1.0", 96 + 24));
+    assert!(key(80, "2001:db8::", 32) && key(81, "2001:db8::", 32));
+    assert!(key(0, "::", 0));
+    // 8000-9000 is too wide for exact ports: widened to any port, allowing.
+    assert!(key(0, "127.0.0.0", 96 + 8));
+    assert!(!c.exact[Access::ConnectInet as usize]);
+}
+
+#[test]
+fn user_space_rules_mark_their_accesses_and_defer_when_weaker() {
+    let set = tricky();
+    let c = compile_session(&set, &ctx("tricky")).unwrap();
+    // regex-deny (every open access) and glob-allow are user space.
+    for a in [
+        Access::Read,
+        Access::Write,
+        Access::Create,
+        Access::Exec,
+        Access::ConnectInet,
+    ] {
+        assert!(!c.exact[a as usize], "{a:?}");
+    }
+    assert!(c.exact[Access::ConnectUnix as usize]);
+    // Without them, the kernel decides every access alone.
+    let core = compile_session(&SETS[1], &ctx("tricky")).unwrap();
+    assert_eq!(core.exact, [true; ACCESS_COUNT]);
+    // glob-allow is weaker than the default deny: the kernel allows its
+    // widened prefix, with its rule id, and the daemon decides.
+    let id = set.rule_by_name("glob-allow").unwrap().id;
+    let e = path_entry(&c, Access::Write, b"/srv/", false).unwrap();
+    assert_eq!(slots(e), vec![(id, Verdict::Allow)]);
+    // regex-deny is not weaker: no entry of its own.
+    let rid = set.rule_by_name("regex-deny").unwrap().id;
+    assert!(
+        !c.kernel
+            .path
+            .iter()
+            .any(|(_, _, e)| e.slots.iter().any(|s| s.rule == rid))
+    );
+    let s = &c.kernel.session;
+    assert_eq!(s.defaults, [Verdict::Deny as u8; ACCESS_COUNT]);
+    assert_eq!(
+        set.rule_info(s.default_rules[0]).unwrap().name,
+        "tricky.default"
+    );
+}
+
+#[test]
+fn overflowing_entries_end_in_a_user_space_allow() {
+    let mut src = String::from(
+        "apiVersion: agentgate.dev/v1\nkind: Profile\nmetadata: {name: p}\nspec: {default: deny}\n---\napiVersion: agentgate.dev/v1\nkind: Policy\nmetadata: {name: t}\nlabels: {l0: x, l1: x, l2: x, l3: x, l4: x}\nrules:\n",
+    );
+    for i in 0..5 {
+        src.push_str(&format!(
+            "  - {{name: r{i}, reason: r, match: {{open: {{path: /d/**}}, session: {{labels: [l{i}]}}}}, action: deny}}\n"
+        ));
+    }
+    let set = load_sources(&[("o.yaml", src)]).unwrap();
+    let c = compile_session(&set, &ctx("p")).unwrap();
+    let e = path_entry(&c, Access::Read, b"/d/", false).unwrap();
+    assert_eq!(e.slots[RULE_SLOTS - 1].rule, 0);
+    assert_eq!(
+        Verdict::from_u8(e.slots[RULE_SLOTS - 1].verdict),
+        Verdict::Allow
+    );
+    assert!(!c.exact[Access::Read as usize]);
+    assert_eq!(
+        compile_session(&set, &ctx("nope")).unwrap_err(),
+        CompileError::UnknownProfile("nope".into())
+    );
+}
+
+#[test]
+fn shipped_policies_compile_for_every_profile() {
+    let set = &SETS[0];
+    for p in set.profiles() {
+        let c = compile_session(set, &ctx(&p.name)).unwrap();
+        assert!(!c.kernel.path.is_empty(), "{}", p.name);
+        for (bits, _, _) in c.kernel.path.iter().chain(&c.kernel.suffix) {
+            assert!(*bits >= path_prefix_bits(0) && *bits <= path_prefix_bits(RULE_PATH_LEN));
+        }
+    }
+    // The credential rules are decided by the kernel alone.
+    let c = compile_session(set, &ctx("coding-agent")).unwrap();
+    let probe = Subject::Open {
+        path: b"/home/u/.ssh/id_rsa",
+    };
+    let (v, id, _) = c.decide(&probe, AccessMask::of(Access::Read), 0);
+    assert_eq!(
+        (v, set.rule_info(id).unwrap().name.as_str()),
+        (Verdict::Deny, "no-ssh-keys")
+    );
+}
+
+// ---- agreement between the engine and the compiled tables -------------
+
+const PARTS: &[&str] = &[
+    "a",
+    "b",
+    "x",
+    "y1",
+    "ok",
+    "ok2",
+    "bin",
+    ".ssh",
+    "id_rsa",
+    "k.pem",
+    ".env",
+    "x.key",
+    "..",
+    ".",
+    "",
+    "secret",
+    "public",
+    "etc",
+    "home",
+    "u",
+    "tmp",
+    "work",
+    "ws",
+    "agentgate",
+    ".cargo",
+    "config.toml",
+    "shadow",
+    "srv",
+    "run",
+    "usr",
+    "\u{e9}",
+    "tricky.sock",
+    "opt",
+    "tool",
+];
+
+fn path_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let prefixes = prop::sample::select(vec![
+        "/",
+        "/home/u/",
+        "/work/ws/",
+        "/etc/a/",
+        "/etc/",
+        "/tmp/",
+        "/usr/bin/",
+        "/root/",
+        "/srv/s/public/",
+        "/home/u/.ssh/",
+        "/run/",
+        "/run/agentgate/",
+        "/opt/",
+    ]);
+    (
+        prefixes,
+        prop::collection::vec(prop::sample::select(PARTS.to_vec()), 0..5),
+        any::<bool>(),
+        0usize..300,
+    )
+        .prop_map(|(p, parts, raw, pad)| {
+            let mut v = p.as_bytes().to_vec();
+            v.extend(parts.join("/").as_bytes());
+            if raw {
+                v.push(0xff);
+            }
+            if pad > 250 {
+                v.extend(std::iter::repeat_n(b'z', pad));
+            }
+            normalize(&v).into_owned()
+        })
+}
+
+fn ip_strategy() -> impl Strategy<Value = std::net::Ipv6Addr> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "10.0.0.1",
+            "10.1.1.7",
+            "10.1.2.3",
+            "8.8.8.8",
+            "8.8.4.4",
+            "2001:db8::1",
+            "2001:db9::1",
+            "::",
+            "0.0.0.0",
+            "93.184.216.34",
+        ])
+        .prop_map(|s| mapped(s.parse().unwrap())),
+        any::<[u8; 4]>().prop_map(|o| mapped(IpAddr::from(o))),
+        any::<[u8; 16]>().prop_map(std::net::Ipv6Addr::from),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Probe {
+    Path(u8, Vec<u8>),
+    Inet(std::net::Ipv6Addr, u16),
+}
+
+fn probe_strategy() -> impl Strategy<Value = Probe> {
+    prop_oneof![
+        (0u8..8, path_strategy()).prop_map(|(k, p)| Probe::Path(k, p)),
+        (
+            ip_strategy(),
+            prop::sample::select(vec![
+                0u16, 22, 53, 80, 81, 443, 8000, 8015, 8016, 8500, 4444, 65535
+            ])
+        )
+            .prop_map(|(ip, port)| Probe::Inet(ip, port)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Where the kernel decides alone it gives the engine's verdict, rule and
+    /// labels; elsewhere it never refuses what the engine lets through.
+    #[test]
+    fn kernel_tables_agree_with_the_engine(
+        which in 0usize..3,
+        profile in 0usize..4,
+        labels in 0u64..16,
+        probe in probe_strategy(),
+    ) {
+        let set = &SETS[which];
+        let profile = &set.profiles()[profile % set.profiles().len()].name;
+        let ctx = ctx(profile);
+        let compiled = compile_session(set, &ctx).unwrap();
+        let labels = labels & ((1u64 << set.labels().len()) - 1);
+        let mut hist = SessionHistory::new();
+        hist.add_labels(labels);
+        let engine = Engine::new(set.clone());
+        let argv = vec!["x".to_owned()];
+        let (subject, access) = match &probe {
+            Probe::Path(0, p) => (Subject::Exec { path: p, argv: &argv }, AccessMask::of(Access::Exec)),
+            Probe::Path(1, p) => (Subject::Unix { path: p }, AccessMask::of(Access::ConnectUnix)),
+            Probe::Path(k, p) => {
+                let m = AccessMask(*k & 0b111);
+                let m = if m.0 == 0 { AccessMask::of(Access::Read) } else { m };
+                (Subject::Open { path: p }, m)
+            }
+            Probe::Inet(ip, port) => (Subject::Inet { ip: *ip, port: *port }, AccessMask::of(Access::ConnectInet)),
+        };
+        let d = engine.judge(&subject, access, &Process::default(), 1, &ctx, &hist);
+        let (kv, kid, klabels) = compiled.decide(&subject, access, labels);
+        if access.iter().all(|a| compiled.exact[a as usize]) {
+            prop_assert_eq!((kv, kid, klabels), (d.verdict, d.rule_id(), d.set_labels), "{:?} {:?}", probe, profile);
+        } else {
+            prop_assert!(!kv.blocks() || d.verdict.blocks(), "kernel {:?} by {} but engine {:?} by {}: {:?}", kv, kid, d.verdict, d.rule_name(), probe);
+            prop_assert!(kv != Verdict::Kill || d.verdict == Verdict::Kill);
+        }
+    }
+}

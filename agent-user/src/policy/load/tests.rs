@@ -88,7 +88,7 @@ fn every_bad_file_is_caught_at_its_place() {
 #[test]
 fn the_command_reports_file_line_col() {
     let f = repo().join("tests/policies/bad/unknown-field.yaml");
-    let d = load(&[f.clone()]).unwrap_err();
+    let d = load(std::slice::from_ref(&f)).unwrap_err();
     assert_eq!(
         d[0].to_string(),
         format!("{}:9:5: {}", f.display(), d[0].message)
