@@ -36,22 +36,24 @@ impl Judgement {
     fn take(&mut self, entry: &RuleEntry, labels: u64) {
         for slot in &entry.slots {
             if slot.applies(labels) {
-                let v = Verdict::from_u8(slot.verdict);
-                if v > self.verdict {
-                    self.verdict = v;
-                    self.rule = slot.rule;
-                }
+                self.prefer(Verdict::from_u8(slot.verdict), slot.rule);
                 self.set_labels |= slot.set_labels;
             }
         }
     }
 
     pub fn merge(&mut self, other: &Judgement) {
-        if other.verdict > self.verdict {
-            self.verdict = other.verdict;
-            self.rule = other.rule;
-        }
+        self.prefer(other.verdict, other.rule);
         self.set_labels |= other.set_labels;
+    }
+
+    /// The stronger verdict wins; between equals, the rule written first
+    /// (lower id), as the engine reports it.
+    fn prefer(&mut self, v: Verdict, rule: u32) {
+        if v > self.verdict || (v == self.verdict && rule < self.rule) {
+            self.verdict = v;
+            self.rule = rule;
+        }
     }
 }
 

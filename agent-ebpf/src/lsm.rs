@@ -52,6 +52,10 @@ macro_rules! lsm_arg {
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 const FMODE_CREATED: u32 = 0x100000;
+/// Set on files the kernel opens for itself underneath another open:
+/// overlayfs's backing file (6.1: `open_with_fake_path`; later kernels add
+/// FMODE_BACKING beside it). The outer open of the same path was judged.
+const FMODE_NOACCOUNT: u32 = 0x20000000;
 const O_WRONLY: i64 = 0o1;
 const O_RDWR: i64 = 0o2;
 const O_CREAT: i64 = 0o100;
@@ -142,12 +146,15 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
         return Ok(0);
     };
     let l = layout::get();
-    let mut rec = Record::begin(Hook::Open, EventKind::Open, &tag).map_err(|_| 0)?;
     // SAFETY: `file` is the hook's argument; offsets from this kernel's BTF.
-    let mode = unsafe {
-        resolve(&mut rec, file.add(l.file_f_path as usize));
-        bpf_probe_read_kernel(file.add(l.file_f_mode as usize) as *const u32).unwrap_or(0)
-    };
+    let mode =
+        unsafe { bpf_probe_read_kernel(file.add(l.file_f_mode as usize) as *const u32) }.unwrap_or(0);
+    if mode & FMODE_NOACCOUNT != 0 {
+        return Ok(0);
+    }
+    let mut rec = Record::begin(Hook::Open, EventKind::Open, &tag).map_err(|_| 0)?;
+    // SAFETY: as above.
+    unsafe { resolve(&mut rec, file.add(l.file_f_path as usize)) };
     // The open flags are gone by now (O_CREAT and O_TRUNC are cleared):
     // rebuild the access from the file's mode.
     let mut flags = match (mode & FMODE_READ != 0, mode & FMODE_WRITE != 0) {
@@ -163,7 +170,12 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     h.arg1 = flags;
     let (path, len) = rec.path();
     let mut ret = 0;
-    if let Some(session) = session {
+    // Pipes, sockets and anonymous inodes reopened through /proc/self/fd
+    // resolve to `pipe:[N]` and the like: not files any rule names.
+    let file_like = path.first() == Some(&b'/');
+    if let Some(session) = session
+        && file_like
+    {
         let j = enforce::judge_open(&session, flags, path, len);
         session.commit(&j);
         ret = answer(&j, &mut rec);

@@ -283,7 +283,6 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let observe = tokio::spawn(observer::run(
         ring,
         reader,
-        mode.kernel_mode == MODE_LSM,
         Judge::new(shared.clone(), JsonLines::new(std::io::stdout())),
     ));
     tokio::spawn(watch_policy(shared.clone()));
