@@ -33,8 +33,14 @@ const SECRET: &str = "top secret";
 
 impl World {
     fn new() -> Self {
+        Self::with(&[])
+    }
+
+    fn with(extra: &[&str]) -> Self {
         let policy = test_policy("enforce.yaml");
-        let d = Daemon::start(&["--policy", path_str(&policy)]);
+        let mut args = vec!["--policy", path_str(&policy)];
+        args.extend_from_slice(extra);
+        let d = Daemon::start(&args);
         let status = d.status();
         let mode = if status.starts_with("mode: lsm") {
             Mode::Lsm
@@ -348,4 +354,24 @@ fn the_kernel_programs_pass_the_verifier_in_this_mode() {
     for p in expected {
         assert!(status.contains(p), "{p} not attached:\n{status}");
     }
+}
+
+/// `--audit-only`: every verdict is computed and reported, nothing blocked.
+#[test]
+fn audit_only_reports_verdicts_and_blocks_nothing() {
+    let w = World::with(&["--audit-only"]);
+    assert!(w.d.status().contains("AUDIT-ONLY"), "{}", w.d.status());
+    let secret = w.path("forbidden/secret.txt");
+    let out = w.tagged(&format!(
+        "{}/bin/forbidden; echo forbidden=$?; cat {} >/dev/null; echo secret=$?",
+        w.ws(),
+        path_str(&secret)
+    ));
+    assert_eq!(status_of(&out, "forbidden"), 0, "{out:?}");
+    assert_eq!(status_of(&out, "secret"), 0, "{out:?}");
+    let d = w.decision_on(path_str(&secret));
+    assert_eq!(d["kernel"]["verdict"], "deny", "{d}");
+    assert_eq!(d["kernel"]["enforced"], "none", "{d}");
+    assert_eq!(d["decision"]["verdict"], "deny", "{d}");
+    assert_eq!(d["decision"]["reaction"], "none", "{d}");
 }
