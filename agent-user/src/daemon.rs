@@ -286,6 +286,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         Judge::new(shared.clone(), JsonLines::new(std::io::stdout())),
     ));
     tokio::spawn(watch_policy(shared.clone()));
+    tokio::spawn(expire_sessions(shared.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -325,6 +326,31 @@ async fn watch_policy(shared: Arc<Shared>) {
             Err(e) => log::error!(
                 "policy reload ({why}) refused, the previous policy stays in force: {e:#}"
             ),
+        }
+    }
+}
+
+/// Past its TTL a session may do nothing more: the kernel refuses every
+/// call of its processes from then on (and the daemon refuses what only it
+/// judges). The session stays listed, marked expired, until it is ended.
+async fn expire_sessions(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now();
+        let mut registry = shared.registry.lock().unwrap();
+        for s in registry.iter_mut() {
+            if s.expired || s.expires.is_none_or(|e| e > now) {
+                continue;
+            }
+            s.expired = true;
+            match shared.enforcer.lock().unwrap().expire(s.id, false) {
+                Ok(()) => log::warn!(
+                    "session {} expired (TTL): every further call of its processes is refused",
+                    s.id
+                ),
+                Err(e) => log::error!("session {}: marking it expired: {e}", s.id),
+            }
         }
     }
 }
@@ -531,7 +557,7 @@ fn open_session(
         );
     }
     let (start_ns, ppid) = proc_start(peer.pid)?;
-    let ttl = (open.ttl_secs > 0).then(|| Duration::from_secs(open.ttl_secs));
+    let requested_ttl = (open.ttl_secs > 0).then(|| Duration::from_secs(open.ttl_secs));
     let principal = if open.principal.is_empty() {
         user_name(peer.uid)
     } else {
@@ -541,7 +567,7 @@ fn open_session(
     // first call is already judged by them.
     let engine = shared.engine.read().unwrap().clone();
     let set = engine.policy();
-    if set.profile(&open.profile).is_none() {
+    let Some(profile) = set.profile(&open.profile) else {
         bail!(
             "no profile {:?} in the policy (profiles: {})",
             open.profile,
@@ -551,7 +577,13 @@ fn open_session(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-    }
+    };
+    // The session lives as long as asked, and never longer than its profile
+    // allows.
+    let ttl = match (requested_ttl, profile.ttl) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let mut homes: Vec<PathBuf> = Vec::new();
     if !open.home.is_empty() {
         homes.push(PathBuf::from(&open.home));

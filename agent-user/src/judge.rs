@@ -12,7 +12,7 @@ use agent_common::Verdict;
 
 use crate::{
     daemon::Shared,
-    engine::Decision,
+    engine::{Decision, Outcome},
     events::{Event, Target, verdict_name},
     observer::EventSink,
     output::{self, JsonLines},
@@ -43,6 +43,10 @@ impl<W: std::io::Write> Judge<W> {
         // Labels the kernel set on its own since the last event.
         let kernel_labels = self.shared.enforcer.lock().unwrap().labels(ev.session);
         session.history.add_labels(kernel_labels);
+        if session.expired {
+            drop(registry);
+            return Some(self.expired(ev));
+        }
         let d = engine.decide(ev, &session.ctx, &session.history);
         session.history.record(&d, ev.time_ns);
         let gained = session.history.labels() & !kernel_labels;
@@ -67,6 +71,23 @@ impl<W: std::io::Write> Judge<W> {
         })
     }
 
+    /// Any call of an expired session is refused; what the kernel could not
+    /// judge is killed here.
+    fn expired(&self, ev: &Event) -> output::Verdict {
+        let reaction = if ev.kernel.enforced == "none" && !self.shared.audit_only {
+            self.kill(ev, "session-expired", "the session is past its TTL")
+        } else {
+            "none"
+        };
+        output::Verdict {
+            verdict: verdict_name(Verdict::Deny),
+            outcome: Outcome::ContextDeny.name(),
+            rule: "session-expired".into(),
+            reason: "the session is past its TTL".into(),
+            reaction,
+        }
+    }
+
     /// A refusal the kernel did not carry out (it could not judge the call,
     /// or only user space knows the rule): kill the process, unless the
     /// daemon only audits.
@@ -75,6 +96,10 @@ impl<W: std::io::Write> Judge<W> {
         if !d.verdict.blocks() || kernel_acted || self.shared.audit_only {
             return "none";
         }
+        self.kill(ev, d.rule_name(), d.reason())
+    }
+
+    fn kill(&self, ev: &Event, rule: &str, reason: &str) -> &'static str {
         let pid = ev.process.pid;
         // The pid must still be this session's: never kill a stranger that
         // reused it.
@@ -84,11 +109,9 @@ impl<W: std::io::Write> Judge<W> {
         // SAFETY: kill has no memory preconditions.
         if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
             log::warn!(
-                "session {}: killed pid {pid} ({}): {} — {}",
+                "session {}: killed pid {pid} ({}): {rule} — {reason}",
                 ev.session,
                 ev.process.comm,
-                d.rule_name(),
-                d.reason()
             );
             "killed"
         } else {

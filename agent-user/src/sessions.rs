@@ -18,6 +18,8 @@ pub struct Session {
     pub ctx: SessionContext,
     /// What it has done so far, as far as rules care.
     pub history: SessionHistory,
+    /// Past its TTL: every call is refused.
+    pub expired: bool,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +74,7 @@ impl Registry {
             created,
             ctx,
             history: SessionHistory::new(),
+            expired: false,
         };
         self.sessions.entry(id).or_insert(session)
     }

@@ -60,7 +60,7 @@ impl World {
         }
         fs::create_dir_all(ws.path().join("forbidden")).unwrap();
         fs::write(ws.path().join("forbidden/secret.txt"), SECRET).unwrap();
-        fs::write(ws.path().join("allowed.txt"), "fine").unwrap();
+        fs::write(ws.path().join("allowed.txt"), "fine\n").unwrap();
         fs::create_dir_all(home.path().join(".ssh")).unwrap();
         fs::write(home.path().join(".ssh/id_ed25519"), "PRIVATE KEY").unwrap();
         World { d, mode, ws, home }
@@ -76,10 +76,17 @@ impl World {
 
     /// `sh -c script` in a new session of this world (cwd: the workspace).
     fn tagged(&self, script: &str) -> Output {
+        self.tagged_with(&[], script)
+    }
+
+    /// The same, with more `agentgate exec` options.
+    fn tagged_with(&self, options: &[&str], script: &str) -> Output {
         Command::new(AGENTGATE)
             .arg("--socket")
             .arg(&self.d.socket)
-            .args(["exec", "--workspace", self.ws(), "--", "sh", "-c", script])
+            .args(["exec", "--workspace", self.ws()])
+            .args(options)
+            .args(["--", "sh", "-c", script])
             .env("HOME", self.home.path())
             .current_dir(self.ws.path())
             .output()
@@ -374,4 +381,20 @@ fn audit_only_reports_verdicts_and_blocks_nothing() {
     assert_eq!(d["kernel"]["enforced"], "none", "{d}");
     assert_eq!(d["decision"]["verdict"], "deny", "{d}");
     assert_eq!(d["decision"]["reaction"], "none", "{d}");
+}
+
+/// A session's TTL runs out while its process runs: the next call is refused.
+#[test]
+fn a_session_past_its_ttl_is_refused_everything() {
+    let w = World::new();
+    let out = w.tagged_with(
+        &["--ttl", "2s"],
+        // No redirections: the shell itself would open /dev/null, and be
+        // refused (LSM) or killed (fallback) for it once expired.
+        "cat allowed.txt; echo before=$?; sleep 3; /bin/cat allowed.txt; echo after=$?",
+    );
+    assert_eq!(status_of(&out, "before"), 0, "{out:?}");
+    // The exec of cat is the first call past the TTL.
+    assert_eq!(status_of(&out, "after"), w.refused(126), "{out:?}");
+    assert!(w.d.log().contains("expired (TTL)"), "{}", w.d.log());
 }
