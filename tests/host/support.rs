@@ -128,8 +128,10 @@ impl Daemon {
         let out = self.cli(&["status"]);
         assert!(
             out.status.success(),
-            "status: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "status ({}): {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
         String::from_utf8(out.stdout).unwrap()
     }
