@@ -32,6 +32,9 @@ pub enum EventKind {
     Connect = 3,
     Fork = 4,
     Exit = 5,
+    /// A tagged process went for the guard itself (signal, ptrace, bpf());
+    /// the path says which.
+    Guard = 6,
 }
 
 impl EventKind {
@@ -42,6 +45,7 @@ impl EventKind {
             3 => Self::Connect,
             4 => Self::Fork,
             5 => Self::Exit,
+            6 => Self::Guard,
             _ => return None,
         })
     }
@@ -364,6 +368,9 @@ pub struct EnforceConfig {
     /// 0: verdicts are computed and reported, nothing is blocked
     /// (`--audit-only`).
     pub block: u32,
+    /// The daemon's own tgid: tagged processes may not signal or trace it.
+    pub guard_tgid: u32,
+    pub _pad: u32,
 }
 
 /// No policy yet: the syscall tracepoints report, nobody judges.
@@ -406,7 +413,8 @@ pub struct KernelLayout {
     pub file_f_mode: u32,
     /// `linux_binprm.file` (LSM `bprm_check_security`).
     pub bprm_file: u32,
-    pub _pad: u32,
+    /// `task_struct.tgid` (LSM `task_kill`, `ptrace_access_check`).
+    pub task_tgid: u32,
 }
 
 #[cfg(feature = "user")]

@@ -61,6 +61,8 @@ pub fn config() -> EnforceConfig {
     CONFIG.get(0).copied().unwrap_or(EnforceConfig {
         mode: MODE_OBSERVE,
         block: 0,
+        guard_tgid: 0,
+        _pad: 0,
     })
 }
 

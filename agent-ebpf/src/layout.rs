@@ -13,7 +13,7 @@ static LAYOUT: KernelLayout = KernelLayout {
     file_f_path: 0,
     file_f_mode: 0,
     bprm_file: 0,
-    _pad: 0,
+    task_tgid: 0,
 };
 
 #[inline(always)]

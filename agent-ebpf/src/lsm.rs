@@ -35,6 +35,9 @@ macro_rules! lsm_arg {
     ($ctx:expr, 3) => {
         lsm_arg!(@load $ctx, "24")
     };
+    ($ctx:expr, 4) => {
+        lsm_arg!(@load $ctx, "32")
+    };
     (@load $ctx:expr, $off:literal) => {{
         let v: u64;
         // SAFETY: a read of the hook's arguments, inside the context.
@@ -211,4 +214,122 @@ fn try_socket_connect(ctx: &LsmContext) -> Result<i32, i32> {
     }
     rec.emit(Hook::Connect);
     Ok(ret)
+}
+
+// ---- self-protection ----------------------------------------------------
+//
+// A process inside a session may not stop, blind or reprogram its guard:
+// no signal or ptrace aimed at the daemon, no bpf() at all. Refused whatever
+// the policy says, and even with --audit-only: the audit itself is what
+// they would disable.
+
+/// Whether `task` (a `struct task_struct *` from the hook's arguments)
+/// belongs to the daemon.
+#[inline(always)]
+fn is_guard(task: *const u8) -> bool {
+    let guard = decide::config().guard_tgid;
+    if guard == 0 {
+        return false;
+    }
+    let l = layout::get();
+    // SAFETY: a kernel pointer from the hook's arguments; offset from BTF.
+    let tgid = unsafe { bpf_probe_read_kernel(task.add(l.task_tgid as usize) as *const i32) };
+    tgid.is_ok_and(|t| t as u32 == guard)
+}
+
+/// Reports a refused attempt on the guard (kind exec, target in `comm`'s
+/// terms: the record's path holds what was attempted).
+#[inline(always)]
+fn refuse_attack(tag: &ProcTag, what: &[u8]) -> i32 {
+    if let Ok(mut rec) = Record::begin(Hook::Exec, EventKind::Guard, tag) {
+        let n = what.len().min(PATH_MAX - 1);
+        if let Some(dest) = rec.data().get_mut(..n) {
+            dest.copy_from_slice(&what[..n]);
+        }
+        rec.header().path_len = n as u16;
+        rec.judge(
+            &Judgement {
+                verdict: agent_common::Verdict::Deny,
+                rule: 0,
+                set_labels: 0,
+            },
+            agent_common::ENFORCED_REFUSED,
+        );
+        rec.emit(Hook::Exec);
+    }
+    -EPERM
+}
+
+#[lsm(hook = "task_kill")]
+pub fn task_kill(ctx: LsmContext) -> i32 {
+    match try_task_kill(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn try_task_kill(ctx: &LsmContext) -> Result<i32, i32> {
+    // task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig,
+    //           const struct cred *cred), then the previous LSM's answer.
+    let target = lsm_arg!(ctx, 0) as *const u8;
+    let sig = lsm_arg!(ctx, 2) as i32;
+    let previous = lsm_arg!(ctx, 4) as i32;
+    if previous != 0 {
+        return Ok(previous);
+    }
+    // Signal 0 only probes for existence.
+    if sig == 0 {
+        return Ok(0);
+    }
+    let Some(tag) = tagging::lookup_current() else {
+        return Ok(0);
+    };
+    if !is_guard(target) {
+        return Ok(0);
+    }
+    Ok(refuse_attack(&tag, b"signal:agentgate"))
+}
+
+#[lsm(hook = "ptrace_access_check")]
+pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    match try_ptrace(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn try_ptrace(ctx: &LsmContext) -> Result<i32, i32> {
+    // ptrace_access_check(struct task_struct *child, unsigned int mode)
+    let child = lsm_arg!(ctx, 0) as *const u8;
+    let previous = lsm_arg!(ctx, 2) as i32;
+    if previous != 0 {
+        return Ok(previous);
+    }
+    let Some(tag) = tagging::lookup_current() else {
+        return Ok(0);
+    };
+    if !is_guard(child) {
+        return Ok(0);
+    }
+    Ok(refuse_attack(&tag, b"ptrace:agentgate"))
+}
+
+#[lsm(hook = "bpf")]
+pub fn bpf(ctx: LsmContext) -> i32 {
+    match try_bpf(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn try_bpf(ctx: &LsmContext) -> Result<i32, i32> {
+    // bpf(int cmd, union bpf_attr *attr, unsigned int size)
+    let previous = lsm_arg!(ctx, 3) as i32;
+    if previous != 0 {
+        return Ok(previous);
+    }
+    let Some(tag) = tagging::lookup_current() else {
+        return Ok(0);
+    };
+    Ok(refuse_attack(&tag, b"bpf()"))
 }

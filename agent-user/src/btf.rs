@@ -209,6 +209,7 @@ mod tests {
             ("file", "f_path"),
             ("file", "f_mode"),
             ("linux_binprm", "file"),
+            ("task_struct", "tgid"),
         ] {
             btf.member_offset(s, m)
                 .unwrap_or_else(|e| panic!("{s}.{m}: {e}"));

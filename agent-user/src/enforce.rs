@@ -86,6 +86,8 @@ impl Enforcer {
         let cfg = EnforceConfig {
             mode,
             block: block as u32,
+            guard_tgid: std::process::id(),
+            _pad: 0,
         };
         self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
     }

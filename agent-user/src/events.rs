@@ -92,6 +92,11 @@ pub enum Target {
         child: u32,
     },
     Exit,
+    /// An attempt on agentgate itself, refused by the kernel: `signal`,
+    /// `ptrace` or `bpf()`.
+    Guard {
+        attempt: String,
+    },
 }
 
 /// One call by a process in a session, decoded and enriched.

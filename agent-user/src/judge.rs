@@ -33,6 +33,16 @@ impl<W: std::io::Write> Judge<W> {
     fn decide(&self, ev: &Event) -> Option<output::Verdict> {
         match &ev.target {
             Target::Fork { .. } | Target::Exit => return None,
+            Target::Guard { .. } => {
+                return Some(output::Verdict {
+                    verdict: verdict_name(Verdict::Deny),
+                    outcome: Outcome::Forbidden.name(),
+                    rule: "guard-self-protection".into(),
+                    reason: "a process in a session may not signal, trace or reprogram agentgate"
+                        .into(),
+                    reaction: "none",
+                });
+            }
             // open("") names no file and fails with ENOENT: nothing to judge.
             Target::Open { raw_path, .. } if raw_path.as_os_str().is_empty() => return None,
             _ => {}

@@ -37,6 +37,11 @@ const LSM_HOOKS: &[(&str, &str)] = &[
     ("bprm_check_security", "bprm_check_security"),
     ("file_open", "file_open"),
     ("socket_connect", "socket_connect"),
+    // Self-protection: the guard cannot be signalled, traced or reprogrammed
+    // from inside a session.
+    ("task_kill", "task_kill"),
+    ("ptrace_access_check", "ptrace_access_check"),
+    ("bpf", "bpf"),
 ];
 
 #[derive(Debug, Error)]
@@ -154,7 +159,7 @@ pub fn kernel_layout() -> Result<KernelLayout, LoadError> {
         file_f_path: member("file", "f_path")?,
         file_f_mode: member("file", "f_mode")?,
         bprm_file: member("linux_binprm", "file")?,
-        _pad: 0,
+        task_tgid: member("task_struct", "tgid")?,
     })
 }
 

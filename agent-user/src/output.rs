@@ -89,6 +89,7 @@ pub fn kind_name(t: &Target) -> &'static str {
         Target::Connect { .. } => "connect",
         Target::Fork { .. } => "fork",
         Target::Exit => "exit",
+        Target::Guard { .. } => "guard",
     }
 }
 
@@ -107,6 +108,7 @@ pub fn target_string(t: &Target) -> String {
         } => format!("family:{f}"),
         Target::Fork { child } => child.to_string(),
         Target::Exit => String::new(),
+        Target::Guard { attempt } => attempt.clone(),
     }
 }
 

@@ -102,6 +102,9 @@ impl ProcessCache {
                 Target::Fork { child }
             }
             EventKind::Exit => Target::Exit,
+            EventKind::Guard => Target::Guard {
+                attempt: String::from_utf8_lossy(&raw.path).into_owned(),
+            },
         };
         let exe = self.procs.get(&pid).and_then(|k| k.exe.clone());
         let ancestors = self.ancestors(pid);

@@ -169,6 +169,7 @@ pub fn with_subject<R>(
             addr: ConnectAddr::Other(_),
         } => Err("connects of this address family are not judged"),
         Target::Fork { .. } | Target::Exit => Err("fork and exit are not judged"),
+        Target::Guard { .. } => Err("attempts on agentgate itself are refused by the kernel"),
     }
 }
 

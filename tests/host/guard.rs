@@ -1,0 +1,88 @@
+//! The guard itself: a process inside a session tries to stop, blind or
+//! reprogram agentgate. LSM mode refuses each attempt (task_kill,
+//! ptrace_access_check, bpf hooks) and the daemon keeps running and
+//! logging. Fallback mode has no hook that can refuse these calls; the
+//! README's threat model names the gap, and these tests hold the code to
+//! what it says.
+use std::time::Duration;
+
+use crate::support::*;
+
+fn lsm(d: &Daemon) -> bool {
+    d.status().starts_with("mode: lsm")
+}
+
+fn errno_of(out: &std::process::Output) -> i64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("errno="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no errno= in {out:?}"))
+}
+
+#[test]
+fn a_tagged_process_cannot_call_bpf() {
+    let d = Daemon::start(&[]);
+    // BPF_MAP_CREATE with an all-zero attribute: EINVAL when the call is
+    // let through, EPERM when the guard refuses it.
+    let out = d.exec_sh(&format!(
+        "{} -c 'import ctypes,os; libc=ctypes.CDLL(None, use_errno=True); a=ctypes.create_string_buffer(72); \
+         r=libc.syscall(321, 0, a, 72); print(\"errno=\" + str(ctypes.get_errno() if r < 0 else 0))'",
+        python()
+    ));
+    let expected = if lsm(&d) { libc::EPERM } else { libc::EINVAL };
+    assert_eq!(errno_of(&out), expected as i64, "{out:?}");
+}
+
+#[test]
+fn a_tagged_process_cannot_trace_the_daemon() {
+    let d = Daemon::start(&[]);
+    let pid = d.pid();
+    // PTRACE_ATTACH, then PTRACE_DETACH at once if it was let through.
+    let out = d.exec_sh(&format!(
+        "{} -c 'import ctypes,os,time; libc=ctypes.CDLL(None, use_errno=True); \
+         r=libc.ptrace(16, {pid}, 0, 0); e=ctypes.get_errno() if r < 0 else 0; \
+         time.sleep(0.2); r < 0 or libc.ptrace(17, {pid}, 0, 0); print(\"errno=\" + str(e))'",
+        python()
+    ));
+    if lsm(&d) {
+        assert_eq!(errno_of(&out), libc::EPERM as i64, "{out:?}");
+    } else {
+        assert_eq!(
+            errno_of(&out),
+            0,
+            "fallback mode cannot refuse ptrace: {out:?}"
+        );
+    }
+    assert!(d.status().contains("mode: "), "the daemon still serves");
+}
+
+#[test]
+fn a_tagged_process_cannot_signal_the_daemon() {
+    let mut d = Daemon::start(&[]);
+    let pid = d.pid();
+    let lsm_mode = lsm(&d);
+    let out = d.exec_sh(&format!("kill -TERM {pid}; echo errno=$?"));
+    std::thread::sleep(Duration::from_millis(500));
+    if lsm_mode {
+        assert_eq!(errno_of(&out), 1, "kill reports failure: {out:?}");
+        assert!(d.alive(), "the daemon was stopped");
+        let events = d.wait_for(Duration::from_secs(10), |ev| {
+            ev.iter().any(|e| s(e, "kind") == "guard")
+        });
+        let guard: Vec<_> = events.iter().filter(|e| s(e, "kind") == "guard").collect();
+        assert!(!guard.is_empty(), "the attempt was not reported");
+        assert_eq!(s(guard[0], "target"), "signal:agentgate");
+    } else {
+        // Fallback: nothing refuses kill(2); the daemon stops as asked.
+        assert_eq!(errno_of(&out), 0, "{out:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while d.alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !d.alive(),
+            "fallback mode was expected not to refuse the signal"
+        );
+    }
+}
