@@ -43,6 +43,20 @@ pub enum Command {
     },
     /// Check, explain and compile policies.
     Policy(crate::policy::cli::PolicyArgs),
+    /// Referrals: calls refused until a human decides.
+    Referrals,
+    /// Grant a referral just in time; the grant expires by itself.
+    Approve {
+        id: u64,
+        /// How long the grant lasts, e.g. 1m or 2h.
+        #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "10m")]
+        duration: Duration,
+        /// exact: this path or address; prefix: everything under the path.
+        #[arg(long, value_enum, default_value_t = Scope::Exact)]
+        scope: Scope,
+    },
+    /// Refuse a referral for good.
+    Reject { id: u64 },
     /// Verify and export the audit log.
     Audit(crate::audit::cli::AuditArgs),
 }
@@ -69,6 +83,12 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Exact,
+    Prefix,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum SessionsCommand {
     List,
@@ -93,6 +113,29 @@ pub fn main() -> ExitCode {
             sessions(&cli.socket, command.unwrap_or(SessionsCommand::List))
         }
         Command::Policy(args) => crate::policy::cli::run(args),
+        Command::Referrals => list_referrals(&cli.socket),
+        Command::Approve {
+            id,
+            duration,
+            scope,
+        } => answer(
+            &cli.socket,
+            control::AnswerReferral {
+                id,
+                approve: true,
+                for_secs: duration.as_secs().max(1),
+                prefix: scope == Scope::Prefix,
+            },
+        ),
+        Command::Reject { id } => answer(
+            &cli.socket,
+            control::AnswerReferral {
+                id,
+                approve: false,
+                for_secs: 0,
+                prefix: false,
+            },
+        ),
         Command::Audit(args) => crate::audit::cli::run(args),
     };
     match result {
@@ -203,6 +246,43 @@ fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
             "{:<10} {:>12} {:>12} {:>12} {:>12}",
             c.hook, c.seen, c.emitted, c.dropped, c.blocked
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_referrals(socket: &Path) -> anyhow::Result<ExitCode> {
+    let response::Body::Referrals(list) = call(
+        socket,
+        request::Body::ListReferrals(control::ListReferrals {}),
+    )?
+    else {
+        bail!("unexpected reply from the daemon");
+    };
+    for r in &list.referrals {
+        println!(
+            "{}\t{}\tsession {}\tpid {}\t{} {}\trule {}\tage {}s\tintent {:?}\t{}",
+            r.id,
+            r.state,
+            r.session,
+            r.pid,
+            r.kind,
+            r.target,
+            r.rule,
+            r.age_secs,
+            r.intent,
+            r.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn answer(socket: &Path, a: control::AnswerReferral) -> anyhow::Result<ExitCode> {
+    let (id, approve, secs) = (a.id, a.approve, a.for_secs);
+    call(socket, request::Body::AnswerReferral(a))?;
+    if approve {
+        println!("referral {id} approved for {secs}s");
+    } else {
+        println!("referral {id} rejected");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
-    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6")]
     pub body: Option<request::Body>,
 }
 
@@ -28,7 +28,60 @@ pub mod request {
         ListSessions(super::ListSessions),
         #[prost(message, tag = "4")]
         EndSession(super::EndSession),
+        #[prost(message, tag = "5")]
+        ListReferrals(super::ListReferrals),
+        #[prost(message, tag = "6")]
+        AnswerReferral(super::AnswerReferral),
     }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListReferrals {}
+
+/// A human's answer to a referral. Only a caller outside every session, and
+/// root or the session's owner, may give one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AnswerReferral {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(bool, tag = "2")]
+    pub approve: bool,
+    /// How long the grant lasts.
+    #[prost(uint64, tag = "3")]
+    pub for_secs: u64,
+    /// Grant everything under the path, not just the path.
+    #[prost(bool, tag = "4")]
+    pub prefix: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReferralInfo {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub session: u64,
+    #[prost(string, tag = "3")]
+    pub intent: String,
+    #[prost(string, tag = "4")]
+    pub kind: String,
+    #[prost(string, tag = "5")]
+    pub target: String,
+    #[prost(string, tag = "6")]
+    pub rule: String,
+    #[prost(string, tag = "7")]
+    pub reason: String,
+    #[prost(uint64, tag = "8")]
+    pub age_secs: u64,
+    #[prost(string, tag = "9")]
+    pub state: String,
+    #[prost(uint32, tag = "10")]
+    pub pid: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Referrals {
+    #[prost(message, repeated, tag = "1")]
+    pub referrals: Vec<ReferralInfo>,
 }
 
 /// Put the calling process (which must be `pid`) into a new session.
@@ -74,7 +127,7 @@ pub struct EndSession {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Response {
-    #[prost(oneof = "response::Body", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "response::Body", tags = "1, 2, 3, 4, 5, 6")]
     pub body: Option<response::Body>,
 }
 
@@ -91,6 +144,8 @@ pub mod response {
         Sessions(super::Sessions),
         #[prost(message, tag = "5")]
         Done(super::Done),
+        #[prost(message, tag = "6")]
+        Referrals(super::Referrals),
     }
 }
 

@@ -23,6 +23,7 @@ use crate::{
     observer::{self, ReaderStats},
     output::JsonLines,
     policy::{self, PolicySet, SessionContext},
+    referrals::{Grant, Referrals},
     sessions::{NewSession, Registry, Session},
 };
 
@@ -73,6 +74,7 @@ pub struct Shared {
     pub(crate) enforcer: Mutex<Enforcer>,
     /// The policy in force; replaced whole on a good reload.
     pub(crate) engine: RwLock<Arc<Engine>>,
+    pub(crate) referrals: Mutex<Referrals>,
     policy_paths: Vec<PathBuf>,
     pub(crate) audit_only: bool,
     programs: Vec<String>,
@@ -271,6 +273,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         mode_detail: mode.detail,
         enforcer: Mutex::new(enforcer),
         engine: RwLock::new(Arc::new(Engine::new(set))),
+        referrals: Mutex::new(Referrals::default()),
         policy_paths,
         audit_only: args.audit_only,
         programs: loaded.attached.clone(),
@@ -338,6 +341,16 @@ async fn expire_sessions(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let now = std::time::SystemTime::now();
+        let ended = shared.referrals.lock().unwrap().expire(now);
+        for g in ended {
+            shared.enforcer.lock().unwrap().revoke(g.session, g.id);
+            log::info!(
+                "grant {} of session {} expired: referral {} is refused again",
+                g.id,
+                g.session,
+                g.referral
+            );
+        }
         let mut registry = shared.registry.lock().unwrap();
         for s in registry.iter_mut() {
             if s.expired || s.expires.is_none_or(|e| e > now) {
@@ -388,21 +401,33 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
         compiled.push((s.id, c));
     }
     let mut enforcer = shared.enforcer.lock().unwrap();
+    let referrals = shared.referrals.lock().unwrap();
     for (id, c) in &compiled {
         enforcer
             .install(*id, &c.kernel)
             .with_context(|| format!("session {id}: installing its rules"))?;
+        for g in referrals.grants_of(*id) {
+            enforcer
+                .grant(*id, g.id, &c.grant(&g.target, g.access, g.rule()))
+                .with_context(|| format!("session {id}: re-installing grant {}", g.id))?;
+        }
     }
+    drop(referrals);
     let old = engine.policy().clone();
+    let mut compiled: std::collections::HashMap<SessionId, _> = compiled.into_iter().collect();
     for s in registry.iter_mut() {
+        if let Some(c) = compiled.remove(&s.id) {
+            s.compiled = c;
+        }
         s.history = s.history.carry_over(&old, &set);
         let labels = s.history.labels();
         if let Err(e) = enforcer.set_labels(s.id, labels) {
             log::error!("session {}: labels after reload: {e}", s.id);
         }
     }
+    let n = registry.len();
     *engine = Arc::new(Engine::new(set));
-    Ok(compiled.len())
+    Ok(n)
 }
 
 async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -517,6 +542,11 @@ fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body 
             Ok(()) => response::Body::Done(control::Done {}),
             Err(e) => response::Body::Error(format!("{e:#}")),
         },
+        Some(request::Body::ListReferrals(_)) => response::Body::Referrals(list_referrals(shared)),
+        Some(request::Body::AnswerReferral(a)) => match answer_referral(a, peer, shared) {
+            Ok(()) => response::Body::Done(control::Done {}),
+            Err(e) => response::Body::Error(format!("{e:#}")),
+        },
         None => response::Body::Error("malformed request: empty".into()),
     }
 }
@@ -624,6 +654,7 @@ fn open_session(
             ttl,
         },
         ctx,
+        compiled,
     );
     debug_assert_eq!(session.id, id);
     let tag = ProcTag {
@@ -669,8 +700,82 @@ fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()
     }
     drop(tags);
     shared.enforcer.lock().unwrap().remove(id);
+    shared.referrals.lock().unwrap().forget_session(id);
     registry.remove(id);
     log::info!("session {id} ended by uid {}", peer.uid);
+    Ok(())
+}
+
+fn list_referrals(shared: &Shared) -> control::Referrals {
+    let registry = shared.registry.lock().unwrap();
+    let referrals = shared.referrals.lock().unwrap();
+    let now = std::time::SystemTime::now();
+    control::Referrals {
+        referrals: referrals
+            .all()
+            .map(|r| control::ReferralInfo {
+                id: r.id,
+                session: r.session,
+                intent: registry
+                    .get(r.session)
+                    .map(|s| s.spec.intent.clone())
+                    .unwrap_or_default(),
+                kind: r.kind.into(),
+                target: r.target.clone(),
+                rule: r.rule.clone(),
+                reason: r.reason.clone(),
+                age_secs: now.duration_since(r.created).unwrap_or_default().as_secs(),
+                state: r.state.name().into(),
+                pid: r.pid,
+            })
+            .collect(),
+    }
+}
+
+/// A human's answer. The caller is outside every session (checked for
+/// every request) and must be root or the session's owner.
+fn answer_referral(a: control::AnswerReferral, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
+    let registry = shared.registry.lock().unwrap();
+    let mut referrals = shared.referrals.lock().unwrap();
+    let r = referrals
+        .get(a.id)
+        .with_context(|| format!("no referral {}", a.id))?;
+    let session = registry
+        .get(r.session)
+        .with_context(|| format!("session {} of referral {} has ended", r.session, a.id))?;
+    if peer.uid != 0 && peer.uid != session.spec.uid {
+        bail!(
+            "only root or the session's owner (uid {}) may answer referral {}",
+            session.spec.uid,
+            a.id
+        );
+    }
+    let approve = a
+        .approve
+        .then(|| (Duration::from_secs(a.for_secs.max(1)), a.prefix));
+    let grant: Option<Grant> = referrals
+        .answer(a.id, approve, std::time::SystemTime::now())
+        .map_err(anyhow::Error::msg)?;
+    let Some(g) = grant else {
+        log::info!("referral {} rejected by uid {}", a.id, peer.uid);
+        return Ok(());
+    };
+    let rules = session.compiled.grant(&g.target, g.access, g.rule());
+    shared
+        .enforcer
+        .lock()
+        .unwrap()
+        .grant(g.session, g.id, &rules)
+        .context("installing the grant in the kernel")?;
+    log::warn!(
+        "referral {} approved by uid {} for {}s{}: grant {} for session {}",
+        a.id,
+        peer.uid,
+        a.for_secs.max(1),
+        if a.prefix { " (prefix)" } else { "" },
+        g.id,
+        g.session
+    );
     Ok(())
 }
 

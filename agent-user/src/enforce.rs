@@ -48,6 +48,14 @@ struct Installed {
     path: Vec<Key<PathRuleKey>>,
     suffix: Vec<Key<PathRuleKey>>,
     net: Vec<Key<NetRuleKey>>,
+    /// Grant id → the entries it put in, with what each one replaced.
+    grants: HashMap<u64, GrantEntries>,
+}
+
+#[derive(Default)]
+struct GrantEntries {
+    path: Vec<(Key<PathRuleKey>, Option<RuleEntry>)>,
+    net: Vec<(Key<NetRuleKey>, Option<RuleEntry>)>,
 }
 
 pub struct Enforcer {
@@ -108,6 +116,7 @@ impl Enforcer {
             path: Vec::new(),
             suffix: Vec::new(),
             net: Vec::new(),
+            grants: HashMap::new(),
         };
         let result = self.insert_all(ruleset, rules, &mut added);
         if let Err(e) = result {
@@ -160,6 +169,14 @@ impl Enforcer {
 
     fn remove_keys(&mut self, keys: &Installed) {
         debug_assert!(keys.ruleset != 0);
+        for g in keys.grants.values() {
+            for (k, _) in &g.path {
+                let _ = self.path.remove(k);
+            }
+            for (k, _) in &g.net {
+                let _ = self.net.remove(k);
+            }
+        }
         for k in &keys.path {
             let _ = self.path.remove(k);
         }
@@ -168,6 +185,66 @@ impl Enforcer {
         }
         for k in &keys.net {
             let _ = self.net.remove(k);
+        }
+    }
+
+    /// Adds a just-in-time grant's entries to the session's ruleset; what
+    /// they replace comes back when the grant is revoked.
+    pub fn grant(
+        &mut self,
+        session: SessionId,
+        grant: u64,
+        rules: &KernelRuleset,
+    ) -> Result<(), EnforceError> {
+        let installed = self
+            .installed
+            .get_mut(&session)
+            .ok_or(EnforceError::NoSession(session))?;
+        let ruleset = installed.ruleset;
+        let mut entries = GrantEntries::default();
+        // An LPM look-up returns the longest match, not the entry at this
+        // exact key: restoring that value here later answers every look-up
+        // as before, whether or not an entry was here.
+        for (bits, key, entry) in &rules.path {
+            let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
+            let before = self.path.get(&key, 0).ok();
+            self.path
+                .insert(&key, entry, 0)
+                .map_err(map_err("PATH_RULES"))?;
+            entries.path.push((key, before));
+        }
+        for (bits, key, entry) in &rules.net {
+            let key = Key::new(*bits, NetRuleKey { ruleset, ..*key });
+            let before = self.net.get(&key, 0).ok();
+            self.net
+                .insert(&key, entry, 0)
+                .map_err(map_err("NET_RULES"))?;
+            entries.net.push((key, before));
+        }
+        installed.grants.insert(grant, entries);
+        Ok(())
+    }
+
+    /// Takes a grant's entries out again, restoring what they replaced.
+    pub fn revoke(&mut self, session: SessionId, grant: u64) {
+        let Some(entries) = self
+            .installed
+            .get_mut(&session)
+            .and_then(|i| i.grants.remove(&grant))
+        else {
+            return;
+        };
+        for (key, before) in entries.path.iter().rev() {
+            let _ = match before {
+                Some(e) => self.path.insert(key, e, 0),
+                None => self.path.remove(key),
+            };
+        }
+        for (key, before) in entries.net.iter().rev() {
+            let _ = match before {
+                Some(e) => self.net.insert(key, e, 0),
+                None => self.net.remove(key),
+            };
         }
     }
 

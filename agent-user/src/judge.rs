@@ -12,10 +12,12 @@ use agent_common::Verdict;
 
 use crate::{
     daemon::Shared,
-    engine::{Decision, Outcome},
+    engine::{Decision, Outcome, with_subject},
     events::{Event, Target, verdict_name},
     observer::EventSink,
     output::{self, JsonLines},
+    policy::{GrantTarget, Subject},
+    referrals::{Referral, State},
 };
 
 pub struct Judge<W: std::io::Write> {
@@ -57,7 +59,14 @@ impl<W: std::io::Write> Judge<W> {
             drop(registry);
             return Some(self.expired(ev));
         }
-        let d = engine.decide(ev, &session.ctx, &session.history);
+        let mut d = engine.decide(ev, &session.ctx, &session.history);
+        let grant = (d.verdict == Verdict::Refer)
+            .then(|| self.granted(ev))
+            .flatten();
+        if grant.is_some() {
+            d.verdict = Verdict::Allow;
+            d.outcome = Outcome::ContextAllow;
+        }
         session.history.record(&d, ev.time_ns);
         let gained = session.history.labels() & !kernel_labels;
         drop(registry);
@@ -71,6 +80,18 @@ impl<W: std::io::Write> Judge<W> {
         {
             log::error!("session {}: labels to the kernel: {e}", ev.session);
         }
+        if let Some(g) = grant {
+            return Some(output::Verdict {
+                verdict: verdict_name(Verdict::Allow),
+                outcome: Outcome::ContextAllow.name(),
+                rule: format!("grant:{g}"),
+                reason: "approved by a human, for a while (agentgate approve)".into(),
+                reaction: "none",
+            });
+        }
+        if d.verdict == Verdict::Refer {
+            self.refer(ev, &d);
+        }
         let reaction = self.react(ev, &d);
         Some(output::Verdict {
             verdict: verdict_name(d.verdict),
@@ -79,6 +100,59 @@ impl<W: std::io::Write> Judge<W> {
             reason: d.reason().to_owned(),
             reaction,
         })
+    }
+
+    /// The live grant that lets this call through, if a human gave one.
+    fn granted(&self, ev: &Event) -> Option<u64> {
+        let referrals = self.shared.referrals.lock().unwrap();
+        with_subject(ev, |s, access| {
+            referrals
+                .grant_covering(ev.session, s, access)
+                .map(|g| g.id)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Files the referral a human will answer.
+    fn refer(&self, ev: &Event, d: &Decision) {
+        let Ok(Some((subject, access))) = with_subject(ev, |s, access| {
+            let target = match s {
+                Subject::Exec { path, .. } | Subject::Open { path } | Subject::Unix { path } => {
+                    GrantTarget::Path {
+                        path: path.to_vec(),
+                        prefix: false,
+                    }
+                }
+                Subject::Inet { ip, port } => GrantTarget::Inet {
+                    ip: *ip,
+                    port: *port,
+                },
+            };
+            Some((target, access))
+        }) else {
+            return;
+        };
+        let id = self.shared.referrals.lock().unwrap().file(Referral {
+            id: 0,
+            session: ev.session,
+            pid: ev.process.pid,
+            kind: output::kind_name(&ev.target),
+            target: output::target_string(&ev.target),
+            subject,
+            access,
+            rule: d.rule_name().to_owned(),
+            reason: d.reason().to_owned(),
+            created: std::time::SystemTime::now(),
+            state: State::Pending,
+        });
+        log::warn!(
+            "referral {id}: session {} asks for {} {} ({}); `agentgate approve {id}` or `agentgate reject {id}`",
+            ev.session,
+            output::kind_name(&ev.target),
+            output::target_string(&ev.target),
+            d.reason()
+        );
     }
 
     /// Any call of an expired session is refused; what the kernel could not

@@ -20,4 +20,5 @@ pub mod observer;
 pub mod output;
 pub mod policy;
 pub mod procs;
+pub mod referrals;
 pub mod sessions;

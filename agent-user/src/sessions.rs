@@ -6,9 +6,12 @@ use std::{
 
 use agent_common::SessionId;
 
-use crate::{engine::SessionHistory, policy::SessionContext};
+use crate::{
+    engine::SessionHistory,
+    policy::{Compiled, SessionContext},
+};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Session {
     pub id: SessionId,
     pub spec: NewSession,
@@ -16,6 +19,8 @@ pub struct Session {
     pub expires: Option<SystemTime>,
     /// What the policy is specialised with for this session.
     pub ctx: SessionContext,
+    /// Its rules as the kernel holds them (grants are computed from them).
+    pub compiled: Compiled,
     /// What it has done so far, as far as rules care.
     pub history: SessionHistory,
     /// Past its TTL: every call is refused.
@@ -63,7 +68,7 @@ impl Registry {
         self.next + 1
     }
 
-    pub fn open(&mut self, s: NewSession, ctx: SessionContext) -> &Session {
+    pub fn open(&mut self, s: NewSession, ctx: SessionContext, compiled: Compiled) -> &Session {
         self.next += 1;
         let id = self.next;
         let created = SystemTime::now();
@@ -73,6 +78,7 @@ impl Registry {
             spec: s,
             created,
             ctx,
+            compiled,
             history: SessionHistory::new(),
             expired: false,
         };
@@ -125,6 +131,13 @@ mod tests {
         }
     }
 
+    fn compiled() -> Compiled {
+        Compiled {
+            kernel: Default::default(),
+            exact: [true; agent_common::ACCESS_COUNT],
+        }
+    }
+
     fn ctx() -> SessionContext {
         SessionContext::resolved(
             "coding-agent",
@@ -139,9 +152,9 @@ mod tests {
     fn ids_are_distinct_nonzero_and_kept() {
         let mut r = Registry::new();
         let expected = r.next_id();
-        let a = r.open(new(10), ctx()).id;
+        let a = r.open(new(10), ctx(), compiled()).id;
         assert_eq!(a, expected);
-        let b = r.open(new(11), ctx()).id;
+        let b = r.open(new(11), ctx(), compiled()).id;
         assert_ne!(a, 0);
         assert_ne!(a, b);
         assert_eq!(r.get(a).unwrap().spec.pid, 10);

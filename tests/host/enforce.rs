@@ -53,7 +53,7 @@ impl World {
         let home = tempfile::tempdir().unwrap();
         let bin = ws.path().join("bin");
         fs::create_dir_all(&bin).unwrap();
-        for name in ["forbidden", "allowed", "killme"] {
+        for name in ["forbidden", "allowed", "killme", "refer-me"] {
             let p = bin.join(name);
             fs::write(&p, "#!/bin/sh\necho ran\n").unwrap();
             fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
@@ -81,16 +81,19 @@ impl World {
 
     /// The same, with more `agentgate exec` options.
     fn tagged_with(&self, options: &[&str], script: &str) -> Output {
-        Command::new(AGENTGATE)
-            .arg("--socket")
+        self.session_command(options, script).output().unwrap()
+    }
+
+    fn session_command(&self, options: &[&str], script: &str) -> Command {
+        let mut c = Command::new(AGENTGATE);
+        c.arg("--socket")
             .arg(&self.d.socket)
             .args(["exec", "--workspace", self.ws()])
             .args(options)
             .args(["--", "sh", "-c", script])
             .env("HOME", self.home.path())
-            .current_dir(self.ws.path())
-            .output()
-            .unwrap()
+            .current_dir(self.ws.path());
+        c
     }
 
     /// The same, outside any session.
@@ -400,4 +403,64 @@ fn a_session_past_its_ttl_is_refused_everything() {
     // The exec of cat is the first call past the TTL.
     assert_eq!(status_of(&out, "after"), w.refused(126), "{out:?}");
     assert!(w.d.log().contains("expired (TTL)"), "{}", w.d.log());
+}
+
+/// Referral end to end: an out-of-scope exec is refused and listed; a
+/// human's approval lets the same exec through in that session until it
+/// expires; an approval from inside a session is refused.
+#[test]
+fn a_referral_is_listed_granted_for_a_while_and_refused_again() {
+    let w = World::new();
+    let prog = format!("{}/bin/refer-me", w.ws());
+    let go = w.path("approved");
+    let script = format!(
+        "{prog}; echo first=$?; while [ ! -e {go} ]; do sleep 0.1; done; \
+         {prog}; echo second=$?; sleep 4; {prog}; echo third=$?",
+        go = path_str(&go)
+    );
+    let session = w
+        .session_command(&[], &script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The refusal is filed as a referral.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let out = w.d.cli(&["referrals"]);
+        let text = stdout(&out);
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains(&prog) && l.contains("pending"))
+        {
+            break line.split('\t').next().unwrap().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no referral listed: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Not from inside a session.
+    let inside = w.tagged(&format!(
+        "{AGENTGATE} --socket {} approve {id}; echo rc=$?",
+        w.d.socket.display()
+    ));
+    assert!(stdout(&inside).contains("rc=1"), "{inside:?}");
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("inside session"),
+        "{inside:?}"
+    );
+    let ok = w.d.cli(&["approve", &id, "--for", "3s"]);
+    assert!(ok.status.success(), "{ok:?}");
+    fs::write(&go, "").unwrap();
+    let out = session.wait_with_output().unwrap();
+    assert_eq!(status_of(&out, "first"), w.refused(126), "{out:?}");
+    assert_eq!(status_of(&out, "second"), 0, "granted: {out:?}");
+    assert_eq!(
+        status_of(&out, "third"),
+        w.refused(126),
+        "grant expired: {out:?}"
+    );
+    let listed = stdout(&w.d.cli(&["referrals"]));
+    assert!(listed.contains("approved"), "{listed}");
 }

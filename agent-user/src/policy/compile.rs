@@ -433,6 +433,98 @@ impl Compiled {
     }
 }
 
+/// What a human's grant lets through: a path (exactly, or everything under
+/// it) or an address and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantTarget {
+    Path { path: Vec<u8>, prefix: bool },
+    Inet { ip: Ipv6Addr, port: u16 },
+}
+
+impl GrantTarget {
+    /// Whether a call on `subject` falls under the grant.
+    pub fn covers(&self, subject: &Subject<'_>) -> bool {
+        match (self, subject) {
+            (
+                GrantTarget::Path { path, prefix },
+                Subject::Exec { path: p, .. }
+                | Subject::Open { path: p }
+                | Subject::Unix { path: p },
+            ) => {
+                if *prefix {
+                    p.starts_with(path)
+                } else {
+                    p == path
+                }
+            }
+            (GrantTarget::Inet { ip, port }, Subject::Inet { ip: i, port: p }) => {
+                ip == i && port == p
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Compiled {
+    /// Kernel entries for a just-in-time grant (reported as rule `rule`):
+    /// on the grant's own key, the slots the longest match gives today,
+    /// with every unconditional refer replaced by an allow. Label-bound
+    /// slots stay: a grant never lifts, say, the ban on connecting after a
+    /// secret was read. Keys carry ruleset 0, like the session's own.
+    pub fn grant(&self, target: &GrantTarget, access: AccessMask, rule: RuleId) -> KernelRuleset {
+        let k = &self.kernel;
+        let mut out = KernelRuleset::default();
+        let lift = |found: Option<&RuleEntry>| {
+            let mut slots: Vec<RuleSlot> = found
+                .map(|e| {
+                    e.slots
+                        .iter()
+                        .filter(|s| s.verdict != Verdict::None as u8)
+                        .filter(|s| {
+                            s.require != 0 || s.forbid != 0 || s.verdict != Verdict::Refer as u8
+                        })
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            slots.push(RuleSlot {
+                verdict: Verdict::Allow as u8,
+                rule,
+                ..RuleSlot::default()
+            });
+            entry(slots).0
+        };
+        match target {
+            GrantTarget::Path { path, prefix } => {
+                let len = path.len() + usize::from(!prefix);
+                if len > RULE_PATH_LEN {
+                    return out;
+                }
+                for a in access.iter() {
+                    let found = lpm(&k.path, k.session.ruleset, a, &key_data(path));
+                    out.path
+                        .push((path_prefix_bits(len), path_key(0, a, path), lift(found)));
+                }
+            }
+            GrantTarget::Inet { ip, port } => {
+                let found = lpm_net(&k.net, k.session.ruleset, *port, *ip)
+                    .or_else(|| lpm_net(&k.net, k.session.ruleset, 0, *ip));
+                out.net.push((
+                    net_prefix_bits(128),
+                    NetRuleKey {
+                        ruleset: 0,
+                        port: *port,
+                        _pad: 0,
+                        addr: ip.octets(),
+                    },
+                    lift(found),
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// A path as the kernel puts it in a key: its first bytes, NUL-padded.
 fn key_data(path: &[u8]) -> [u8; RULE_PATH_LEN] {
     let mut d = [0u8; RULE_PATH_LEN];

@@ -16,7 +16,7 @@ mod pattern;
 mod set;
 mod yaml;
 
-pub use compile::{CompileError, Compiled, compile_session, placement};
+pub use compile::{CompileError, Compiled, GrantTarget, compile_session, placement};
 pub use context::SessionContext;
 pub use diagnostic::{Diagnostic, Location, Pos};
 pub use document::{API_VERSION, action_name};
