@@ -53,7 +53,14 @@ impl World {
         let home = tempfile::tempdir().unwrap();
         let bin = ws.path().join("bin");
         fs::create_dir_all(&bin).unwrap();
-        for name in ["forbidden", "allowed", "killme", "refer-me"] {
+        for name in [
+            "forbidden",
+            "allowed",
+            "killme",
+            "refer-me",
+            "submit-expense",
+            "approve-expense",
+        ] {
             let p = bin.join(name);
             fs::write(&p, "#!/bin/sh\necho ran\n").unwrap();
             fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
@@ -463,4 +470,22 @@ fn a_referral_is_listed_granted_for_a_while_and_refused_again() {
     );
     let listed = stdout(&w.d.cli(&["referrals"]));
     assert!(listed.contains("approved"), "{listed}");
+}
+
+/// Separation of duties: a session that submitted an expense may not
+/// approve one; two sessions may. The sequence is a label the submit sets in
+/// the kernel, so the approve is refused synchronously.
+#[test]
+fn separation_of_duties_holds_within_a_session_only() {
+    let w = World::new();
+    let ws = w.ws();
+    let one = w.tagged(&format!(
+        "{ws}/bin/submit-expense; echo submit=$?; {ws}/bin/approve-expense; echo approve=$?"
+    ));
+    assert_eq!(status_of(&one, "submit"), 0, "{one:?}");
+    assert_eq!(status_of(&one, "approve"), w.refused(126), "{one:?}");
+    let submit = w.tagged(&format!("{ws}/bin/submit-expense; echo submit=$?"));
+    let approve = w.tagged(&format!("{ws}/bin/approve-expense; echo approve=$?"));
+    assert_eq!(status_of(&submit, "submit"), 0, "{submit:?}");
+    assert_eq!(status_of(&approve, "approve"), 0, "{approve:?}");
 }

@@ -365,6 +365,7 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
             set_labels,
         });
     }
+    sequences_as_labels(&mut rules, &rule_index, &table, &mut labels);
     let mut by_kind: [Vec<usize>; 3] = Default::default();
     for (i, r) in rules.iter().enumerate() {
         by_kind[r.target.kind() as usize].push(i);
@@ -376,6 +377,50 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
         by_kind,
         profiles,
         labels,
+    }
+}
+
+/// `after: X` with no time limit is a fact about the session — X let a call
+/// through — so it becomes a hidden label that X sets and the rule
+/// requires. The kernel can then refuse the second step synchronously, and
+/// set the label itself when X is a rule it runs. `within:` needs a clock
+/// and stays in user space, as do sequences past the 64 label bits.
+fn sequences_as_labels(
+    rules: &mut [Rule],
+    rule_index: &[usize],
+    table: &[Arc<RuleInfo>],
+    labels: &mut LabelMap,
+) {
+    for i in 0..rules.len() {
+        let Some(After {
+            rule: x,
+            within: None,
+        }) = rules[i].after
+        else {
+            continue;
+        };
+        let (Some(&xi), Some(info)) = (rule_index.get(x as usize - 1), table.get(x as usize - 1))
+        else {
+            continue;
+        };
+        let name = format!("after:{}", info.name);
+        let bit = match labels.bit(&name) {
+            Some(b) => b,
+            None if labels.len() < MAX_LABELS => {
+                labels.push(
+                    name.clone(),
+                    format!("the session ran a call that matched rule `{}`", info.name),
+                );
+                labels.bit(&name).unwrap_or(0)
+            }
+            None => continue,
+        };
+        if xi >= rules.len() {
+            continue;
+        }
+        rules[xi].set_labels |= bit;
+        rules[i].require |= bit;
+        rules[i].after = None;
     }
 }
 
