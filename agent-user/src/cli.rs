@@ -206,6 +206,7 @@ fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
         principal: std::env::var("SUDO_USER").unwrap_or_default(),
         home: std::env::var("HOME").unwrap_or_default(),
         intent_tags: args.tags,
+        program: program.display().to_string(),
     };
     let id = match call(socket, request::Body::OpenSession(open))? {
         response::Body::SessionOpened(s) => s.id,

@@ -111,6 +111,10 @@ pub struct OpenSession {
     /// Intent tags that rules can match (`session: {intent: [...]}`).
     #[prost(string, repeated, tag = "9")]
     pub intent_tags: Vec<String>,
+    /// The program the session runs, resolved as exec will find it: the
+    /// agent's identity (the daemon hashes the file).
+    #[prost(string, tag = "10")]
+    pub program: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -15,9 +15,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Framed;
 
 use crate::{
+    audit::{self, AuditLog},
     control::{self, HookCounters, Request, Response, request, response},
     enforce::Enforcer,
     engine::Engine,
+    journal::{self, LogTarget},
     judge::Judge,
     loader,
     observer::{self, ReaderStats},
@@ -34,13 +36,6 @@ pub enum Mode {
     Fallback,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Journald,
-    Auto,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
     /// Policy files or directories (default: /etc/agentgate/policies, else the repo's policies/).
@@ -53,8 +48,17 @@ pub struct DaemonArgs {
     /// Compute and log decisions, block nothing.
     #[arg(long)]
     pub audit_only: bool,
-    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
-    pub log: LogFormat,
+    /// Where verdicts go: json (every event as a JSON line on stdout, with
+    /// its decision), journald (deny, kill and refer verdicts, structured),
+    /// auto (journald when its socket exists, else json).
+    #[arg(long, value_enum, default_value_t = LogTarget::Auto)]
+    pub log: LogTarget,
+    /// Send allow verdicts to journald too.
+    #[arg(long)]
+    pub log_allow: bool,
+    /// journald's socket (tests run a private journald).
+    #[arg(long, default_value = journal::DEFAULT_SOCKET, hide = true)]
+    pub journal_socket: PathBuf,
     #[arg(long, env = "AGENTGATE_SOCKET", default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Ring buffer size in bytes (a power of two).
@@ -75,6 +79,8 @@ pub struct Shared {
     /// The policy in force; replaced whole on a good reload.
     pub(crate) engine: RwLock<Arc<Engine>>,
     pub(crate) referrals: Mutex<Referrals>,
+    /// SHA-256 of the policy files in force, for the receipts.
+    pub(crate) policy_hash: RwLock<Vec<u8>>,
     policy_paths: Vec<PathBuf>,
     pub(crate) audit_only: bool,
     programs: Vec<String>,
@@ -226,11 +232,19 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     );
     let probe = loader::probe();
     let mode = choose_mode(args.mode, args.audit_only, &probe)?;
-    if args.log == LogFormat::Journald {
-        log::warn!(
-            "--log journald: verdict output to journald is not built yet; writing JSON lines"
-        );
-    }
+    let sink = journal::Sink::open(args.log, &args.journal_socket, args.log_allow)?;
+    let audit = AuditLog::open(audit::Config::new(&args.state_dir)).with_context(|| {
+        format!(
+            "opening the audit log in {} (agentgate audit verify --state-dir {} checks it)",
+            args.state_dir.display(),
+            args.state_dir.display()
+        )
+    })?;
+    log::info!(
+        "verdicts to {}; decision receipts in {}/audit",
+        sink.kind(),
+        args.state_dir.display()
+    );
     let mut loaded = loader::load(&loader::Options {
         ring_bytes: args.ring_bytes,
         lsm: mode.kernel_mode == MODE_LSM,
@@ -274,6 +288,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         enforcer: Mutex::new(enforcer),
         engine: RwLock::new(Arc::new(Engine::new(set))),
         referrals: Mutex::new(Referrals::default()),
+        policy_hash: RwLock::new(policy_hash(&policy_paths)),
         policy_paths,
         audit_only: args.audit_only,
         programs: loaded.attached.clone(),
@@ -286,7 +301,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let observe = tokio::spawn(observer::run(
         ring,
         reader,
-        Judge::new(shared.clone(), JsonLines::new(std::io::stdout())),
+        Judge::new(
+            shared.clone(),
+            (sink.kind() == "json").then(|| JsonLines::new(std::io::stdout())),
+            (sink.kind() == "journald").then_some(sink),
+            audit,
+        ),
     ));
     tokio::spawn(watch_policy(shared.clone()));
     tokio::spawn(expire_sessions(shared.clone()));
@@ -368,6 +388,27 @@ async fn expire_sessions(shared: Arc<Shared>) {
     }
 }
 
+/// SHA-256 over the policy files' names and contents, in load order.
+fn policy_hash(paths: &[PathBuf]) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (file, _) in policy_stamp(paths) {
+        ctx.update(file.as_os_str().as_encoded_bytes());
+        ctx.update(&std::fs::read(&file).unwrap_or_default());
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+/// SHA-256 of a file, empty when it cannot be read.
+fn file_sha256(path: &str) -> Vec<u8> {
+    std::fs::read(path)
+        .map(|b| {
+            ring::digest::digest(&ring::digest::SHA256, &b)
+                .as_ref()
+                .to_vec()
+        })
+        .unwrap_or_default()
+}
+
 /// Names and modification times of the policy files, to notice changes.
 fn policy_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
     let mut out = Vec::new();
@@ -427,6 +468,7 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
     }
     let n = registry.len();
     *engine = Arc::new(Engine::new(set));
+    *shared.policy_hash.write().unwrap() = policy_hash(&shared.policy_paths);
     Ok(n)
 }
 
@@ -652,6 +694,8 @@ fn open_session(
             workspace: open.workspace,
             command: open.command,
             ttl,
+            agent_sha256: file_sha256(&open.program),
+            agent_exe: open.program,
         },
         ctx,
         compiled,

@@ -1,44 +1,108 @@
 //! Every event of a session, in order: judged by the engine against the
-//! session's context, recorded in its history, acted on, written out.
+//! session's context, recorded in its history, acted on, made a receipt,
+//! written out.
 //!
 //! The kernel has already decided what its maps cover. What only user space
-//! can judge (argument patterns, sequences, general globs, paths fallback
-//! mode cannot read as written) is decided here, after the call: a refusal
-//! then means SIGKILL for the process, and labels the engine grants go to
-//! the kernel at once so that its next judgement sees them.
+//! can judge (argument patterns, general globs, paths fallback mode cannot
+//! read as written) is decided here, after the call: a refusal then means
+//! SIGKILL for the process, and labels the engine grants go to the kernel at
+//! once so that its next judgement sees them.
+//!
+//! Receipts are queued as events arrive and waited for once the ring buffer
+//! is drained: one group commit per batch, and every line written out (JSON
+//! or journald) names a receipt that is already durable.
 use std::sync::Arc;
 
 use agent_common::Verdict;
 
 use crate::{
+    audit::{self, AuditLog, Pending},
     daemon::Shared,
     engine::{Decision, Outcome, with_subject},
     events::{Event, Target, verdict_name},
+    journal,
     observer::EventSink,
     output::{self, JsonLines},
     policy::{GrantTarget, Subject},
     referrals::{Referral, State},
+    sessions::Session,
 };
+
+/// A decision, in the terms every output shares.
+struct Judged {
+    verdict: Verdict,
+    outcome: Outcome,
+    rule: String,
+    reason: String,
+    /// What the daemon did beyond the kernel.
+    reaction: &'static str,
+}
+
+impl Judged {
+    fn of(d: &Decision, reaction: &'static str) -> Self {
+        Judged {
+            verdict: d.verdict,
+            outcome: d.outcome,
+            rule: d.rule_name().to_owned(),
+            reason: d.reason().to_owned(),
+            reaction,
+        }
+    }
+
+    fn output(&self, receipt: Option<u64>) -> output::Verdict {
+        output::Verdict {
+            verdict: verdict_name(self.verdict),
+            outcome: self.outcome.name(),
+            rule: self.rule.clone(),
+            reason: self.reason.clone(),
+            reaction: self.reaction,
+            receipt,
+        }
+    }
+}
+
+/// An event waiting for its receipt to be durable.
+struct Queued {
+    event: Event,
+    judged: Option<Judged>,
+    receipt: Option<(audit::Record, Pending)>,
+}
 
 pub struct Judge<W: std::io::Write> {
     shared: Arc<Shared>,
-    out: JsonLines<W>,
+    /// Every event as a JSON line (`--log json`).
+    out: Option<JsonLines<W>>,
+    /// Verdicts to journald (`--log journald`).
+    journald: Option<journal::Sink>,
+    audit: AuditLog,
+    queue: Vec<Queued>,
 }
 
 impl<W: std::io::Write> Judge<W> {
-    pub fn new(shared: Arc<Shared>, out: JsonLines<W>) -> Self {
-        Self { shared, out }
+    pub fn new(
+        shared: Arc<Shared>,
+        out: Option<JsonLines<W>>,
+        journald: Option<journal::Sink>,
+        audit: AuditLog,
+    ) -> Self {
+        Self {
+            shared,
+            out,
+            journald,
+            audit,
+            queue: Vec::new(),
+        }
     }
 
     /// The decision on a call of a live session; `None` for fork and exit,
     /// and for sessions already ended.
-    fn decide(&self, ev: &Event) -> Option<output::Verdict> {
+    fn decide(&self, ev: &Event) -> Option<Judged> {
         match &ev.target {
             Target::Fork { .. } | Target::Exit => return None,
             Target::Guard { .. } => {
-                return Some(output::Verdict {
-                    verdict: verdict_name(Verdict::Deny),
-                    outcome: Outcome::Forbidden.name(),
+                return Some(Judged {
+                    verdict: Verdict::Deny,
+                    outcome: Outcome::Forbidden,
                     rule: "guard-self-protection".into(),
                     reason: "a process in a session may not signal, trace or reprogram agentgate"
                         .into(),
@@ -81,9 +145,9 @@ impl<W: std::io::Write> Judge<W> {
             log::error!("session {}: labels to the kernel: {e}", ev.session);
         }
         if let Some(g) = grant {
-            return Some(output::Verdict {
-                verdict: verdict_name(Verdict::Allow),
-                outcome: Outcome::ContextAllow.name(),
+            return Some(Judged {
+                verdict: Verdict::Allow,
+                outcome: Outcome::ContextAllow,
                 rule: format!("grant:{g}"),
                 reason: "approved by a human, for a while (agentgate approve)".into(),
                 reaction: "none",
@@ -93,13 +157,7 @@ impl<W: std::io::Write> Judge<W> {
             self.refer(ev, &d);
         }
         let reaction = self.react(ev, &d);
-        Some(output::Verdict {
-            verdict: verdict_name(d.verdict),
-            outcome: d.outcome.name(),
-            rule: d.rule_name().to_owned(),
-            reason: d.reason().to_owned(),
-            reaction,
-        })
+        Some(Judged::of(&d, reaction))
     }
 
     /// The live grant that lets this call through, if a human gave one.
@@ -116,7 +174,7 @@ impl<W: std::io::Write> Judge<W> {
 
     /// Files the referral a human will answer.
     fn refer(&self, ev: &Event, d: &Decision) {
-        let Ok(Some((subject, access))) = with_subject(ev, |s, access| {
+        let Ok((subject, access)) = with_subject(ev, |s, access| {
             let target = match s {
                 Subject::Exec { path, .. } | Subject::Open { path } | Subject::Unix { path } => {
                     GrantTarget::Path {
@@ -129,7 +187,7 @@ impl<W: std::io::Write> Judge<W> {
                     port: *port,
                 },
             };
-            Some((target, access))
+            (target, access)
         }) else {
             return;
         };
@@ -147,7 +205,8 @@ impl<W: std::io::Write> Judge<W> {
             state: State::Pending,
         });
         log::warn!(
-            "referral {id}: session {} asks for {} {} ({}); `agentgate approve {id}` or `agentgate reject {id}`",
+            "referral {id}: session {} asks for {} {} ({}); `agentgate approve {id}` or \
+             `agentgate reject {id}`",
             ev.session,
             output::kind_name(&ev.target),
             output::target_string(&ev.target),
@@ -157,15 +216,15 @@ impl<W: std::io::Write> Judge<W> {
 
     /// Any call of an expired session is refused; what the kernel could not
     /// judge is killed here.
-    fn expired(&self, ev: &Event) -> output::Verdict {
+    fn expired(&self, ev: &Event) -> Judged {
         let reaction = if ev.kernel.enforced == "none" && !self.shared.audit_only {
             self.kill(ev, "session-expired", "the session is past its TTL")
         } else {
             "none"
         };
-        output::Verdict {
-            verdict: verdict_name(Verdict::Deny),
-            outcome: Outcome::ContextDeny.name(),
+        Judged {
+            verdict: Verdict::Deny,
+            outcome: Outcome::ContextDeny,
             rule: "session-expired".into(),
             reason: "the session is past its TTL".into(),
             reaction,
@@ -202,29 +261,156 @@ impl<W: std::io::Write> Judge<W> {
             "gone"
         }
     }
+
+    /// The receipt's content: who, what, and the decision.
+    fn record(&self, ev: &Event, j: &Judged) -> audit::Record {
+        let registry = self.shared.registry.lock().unwrap();
+        let session = registry.get(ev.session).map(receipt_session);
+        drop(registry);
+        let p = &ev.process;
+        let (kind, argv) = match &ev.target {
+            Target::Exec { argv, .. } => (audit::ActionKind::Exec, argv.clone()),
+            Target::Open { .. } => (audit::ActionKind::Open, Vec::new()),
+            Target::Connect { .. } => (audit::ActionKind::Connect, Vec::new()),
+            _ => (audit::ActionKind::Other, Vec::new()),
+        };
+        audit::Record {
+            session: session.unwrap_or_else(|| audit::Session {
+                id: ev.session,
+                ..Default::default()
+            }),
+            process: audit::Process {
+                pid: p.pid,
+                start_ns: p.start_ns,
+                exe: p
+                    .exe
+                    .as_ref()
+                    .map(|e| e.display().to_string())
+                    .unwrap_or_default(),
+                argv,
+                uid: p.uid,
+                ppid: p.ppid,
+            },
+            action: audit::Action {
+                kind: kind as i32,
+                target: output::target_string(&ev.target),
+            },
+            decision: audit::Decision {
+                verdict: receipt_verdict(j.verdict) as i32,
+                outcome: receipt_outcome(j.outcome) as i32,
+                rule: j.rule.clone(),
+                reason: j.reason.clone(),
+                policy_hash: self.shared.policy_hash.read().unwrap().clone(),
+            },
+        }
+    }
+}
+
+fn receipt_session(s: &Session) -> audit::Session {
+    let agent_name = std::path::Path::new(&s.spec.agent_exe)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    audit::Session {
+        id: s.id,
+        principal: s.spec.principal.clone(),
+        agent: Some(audit::Agent {
+            exe: s.spec.agent_exe.clone(),
+            sha256: s.spec.agent_sha256.clone(),
+        }),
+        intent: s.spec.intent.clone(),
+        delegation: vec![s.spec.principal.clone(), agent_name],
+        profile: s.spec.profile.clone(),
+    }
+}
+
+fn receipt_verdict(v: Verdict) -> audit::Verdict {
+    match v {
+        Verdict::None => audit::Verdict::Unspecified,
+        Verdict::Allow => audit::Verdict::Allow,
+        Verdict::Audit => audit::Verdict::Audit,
+        Verdict::Refer => audit::Verdict::Refer,
+        Verdict::Deny => audit::Verdict::Deny,
+        Verdict::Kill => audit::Verdict::Kill,
+    }
+}
+
+fn receipt_outcome(o: Outcome) -> audit::Outcome {
+    match o {
+        Outcome::Forbidden => audit::Outcome::Forbidden,
+        Outcome::ContextAllow => audit::Outcome::ContextAllow,
+        Outcome::ContextDeny => audit::Outcome::ContextDeny,
+        Outcome::Refer => audit::Outcome::Refer,
+    }
 }
 
 impl<W: std::io::Write> EventSink for Judge<W> {
     fn event(&mut self, event: Event) {
-        let decision = self.decide(&event);
-        if let Some(d) = &decision
-            && d.verdict != verdict_name(Verdict::Allow)
+        let judged = self.decide(&event);
+        let receipt = judged.as_ref().map(|j| {
+            let record = self.record(&event, j);
+            let pending = self.audit.submit(record.clone());
+            (record, pending)
+        });
+        if let Some(j) = &judged
+            && j.verdict != Verdict::Allow
         {
             log::info!(
                 "session {} pid {} {}: {} ({}, rule {}: {})",
                 event.session,
                 event.process.pid,
                 output::target_string(&event.target),
-                d.verdict,
-                d.outcome,
-                d.rule,
-                d.reason
+                verdict_name(j.verdict),
+                j.outcome.name(),
+                j.rule,
+                j.reason
             );
         }
-        self.out.write(&event, decision.as_ref());
+        self.queue.push(Queued {
+            event,
+            judged,
+            receipt,
+        });
     }
 
     fn drained(&mut self) {
-        self.out.flush();
+        // The reader runs on a runtime worker; waiting for the disk must not
+        // stall the other tasks (control socket, timers) queued on it.
+        let queue = std::mem::take(&mut self.queue);
+        tokio::task::block_in_place(|| self.write_out(queue));
+    }
+}
+
+impl<W: std::io::Write> Judge<W> {
+    /// Waits for the receipts of a batch, then writes each event out with
+    /// its receipt number.
+    fn write_out(&mut self, queue: Vec<Queued>) {
+        for q in queue {
+            let seq = match q.receipt {
+                Some((record, pending)) => {
+                    let seq = match pending.wait() {
+                        Ok(r) => Some(r.seq),
+                        Err(e) => {
+                            log::error!("audit receipt lost: {e}");
+                            None
+                        }
+                    };
+                    if let Some(sink) = &self.journald
+                        && let Err(e) = sink.verdict(&record, seq)
+                    {
+                        log::error!("{e}");
+                    }
+                    seq
+                }
+                None => None,
+            };
+            if let Some(out) = &mut self.out {
+                let decision = q.judged.as_ref().map(|j| j.output(seq));
+                out.write(&q.event, decision.as_ref());
+            }
+        }
+        if let Some(out) = &mut self.out {
+            out.flush();
+        }
     }
 }

@@ -80,6 +80,9 @@ pub struct Verdict {
     /// What the daemon did beyond the kernel: `none`, or `killed` when only
     /// user space could judge the call and it was refused.
     pub reaction: &'static str,
+    /// Sequence number of the decision's audit receipt, once durable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<u64>,
 }
 
 pub fn kind_name(t: &Target) -> &'static str {

@@ -46,6 +46,10 @@ pub struct NewSession {
     pub workspace: String,
     pub command: Vec<String>,
     pub ttl: Option<Duration>,
+    /// The agent: the program the session was opened to run, and the
+    /// SHA-256 of its file at that moment (empty when unreadable).
+    pub agent_exe: String,
+    pub agent_sha256: Vec<u8>,
 }
 
 impl Registry {
@@ -128,6 +132,8 @@ mod tests {
             workspace: "/tmp/w".into(),
             command: vec!["sh".into()],
             ttl: Some(Duration::from_secs(60)),
+            agent_exe: "/bin/sh".into(),
+            agent_sha256: Vec::new(),
         }
     }
 

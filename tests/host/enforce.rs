@@ -489,3 +489,33 @@ fn separation_of_duties_holds_within_a_session_only() {
     assert_eq!(status_of(&submit, "submit"), 0, "{submit:?}");
     assert_eq!(status_of(&approve, "approve"), 0, "{approve:?}");
 }
+
+/// Every decision is a receipt: the event line names its sequence number,
+/// the chain verifies while the daemon runs, and the export holds the
+/// refusal with its rule and the session's principal and intent.
+#[test]
+fn every_decision_is_a_receipt_that_verifies() {
+    let w = World::new();
+    let secret = w.path("forbidden/secret.txt");
+    w.tagged(&format!("cat {} >/dev/null", path_str(&secret)));
+    let d = w.decision_on("open", path_str(&secret));
+    assert!(d["decision"]["receipt"].as_u64().is_some(), "{d}");
+    let state = w.d.dir.path().join("state");
+    let verify = Command::new(AGENTGATE)
+        .args(["audit", "verify", "--state-dir", path_str(&state)])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    let export = Command::new(AGENTGATE)
+        .args(["audit", "export", "--json", "--state-dir", path_str(&state)])
+        .args(["--session", &u(&d, "session").to_string()])
+        .output()
+        .unwrap();
+    let text = stdout(&export);
+    let refusal = text
+        .lines()
+        .find(|l| l.contains("no-forbidden-files"))
+        .unwrap_or_else(|| panic!("no receipt of the refusal in {text}"));
+    assert!(refusal.contains("deny"), "{refusal}");
+    assert!(refusal.contains(path_str(&secret)), "{refusal}");
+}
