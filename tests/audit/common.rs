@@ -45,12 +45,12 @@ pub fn record(n: u64) -> Record {
             target,
         },
         decision: Decision {
-            verdict: if n % 5 == 0 {
+            verdict: if n.is_multiple_of(5) {
                 Verdict::Deny
             } else {
                 Verdict::Allow
             } as i32,
-            outcome: if n % 5 == 0 {
+            outcome: if n.is_multiple_of(5) {
                 Outcome::Forbidden
             } else {
                 Outcome::ContextAllow

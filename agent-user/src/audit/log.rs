@@ -122,7 +122,8 @@ pub struct Receipted {
 type Reply<T> = oneshot::Sender<Result<T, AppendError>>;
 
 enum Command {
-    Append(Record, Reply<Receipted>),
+    // Boxed: a record is far larger than the other commands.
+    Append(Box<Record>, Reply<Receipted>),
     Checkpoint(Reply<Option<u64>>),
     Retention(Reply<Option<u64>>),
     CompactBefore(u64, Reply<Option<u64>>),
@@ -196,7 +197,7 @@ impl AuditLog {
     /// bottleneck). The receipt is durable when the returned [`Pending`]
     /// resolves to `Ok`.
     pub fn submit(&self, record: Record) -> Pending {
-        self.send(|reply| Command::Append(record, reply))
+        self.send(|reply| Command::Append(Box::new(record), reply))
     }
 
     /// Appends and waits until the receipt is durable.
@@ -260,7 +261,10 @@ pub(super) struct Writer {
     next_retention: Instant,
 }
 
-fn last_entry(db: &DB, cf: &str) -> Option<(Box<[u8]>, Box<[u8]>)> {
+/// A stored key and value.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+fn last_entry(db: &DB, cf: &str) -> Option<KeyValue> {
     db.iterator_cf(store::cf(db, cf), IteratorMode::End)
         .next()
         .and_then(Result::ok)
@@ -396,7 +400,7 @@ impl Writer {
         let mut appends = Vec::with_capacity(commands.len());
         for command in commands.drain(..) {
             match command {
-                Command::Append(record, reply) => appends.push((record, reply)),
+                Command::Append(record, reply) => appends.push((*record, reply)),
                 Command::Checkpoint(reply) => {
                     self.commit(&mut appends);
                     let r = self.checkpoint_now();
