@@ -234,6 +234,18 @@ impl Verdict {
         }
     }
 
+    /// The policy language's word for it (`none` for no verdict).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Allow => "allow",
+            Self::Audit => "audit",
+            Self::Refer => "refer",
+            Self::Deny => "deny",
+            Self::Kill => "kill",
+        }
+    }
+
     /// The call is refused.
     pub const fn blocks(self) -> bool {
         matches!(self, Self::Refer | Self::Deny | Self::Kill)

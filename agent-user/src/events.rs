@@ -126,7 +126,7 @@ pub struct KernelVerdict {
 impl KernelVerdict {
     pub fn of(h: &EventHeader) -> Self {
         Self {
-            verdict: verdict_name(Verdict::from_u8(h.verdict)),
+            verdict: Verdict::from_u8(h.verdict).name(),
             enforced: match h.enforced {
                 ENFORCED_REFUSED => "refused",
                 ENFORCED_KILLED => "killed",
@@ -134,17 +134,6 @@ impl KernelVerdict {
             },
             rule: h.rule,
         }
-    }
-}
-
-pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::None => "none",
-        Verdict::Allow => "allow",
-        Verdict::Audit => "audit",
-        Verdict::Refer => "refer",
-        Verdict::Deny => "deny",
-        Verdict::Kill => "kill",
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{
     audit::{self, AuditLog, Pending},
     daemon::Shared,
     engine::{Decision, Outcome, with_subject},
-    events::{Event, Target, verdict_name},
+    events::{Event, Target},
     journal,
     observer::EventSink,
     output::{self, JsonLines},
@@ -51,7 +51,7 @@ impl Judged {
 
     fn output(&self, receipt: Option<u64>) -> output::Verdict {
         output::Verdict {
-            verdict: verdict_name(self.verdict),
+            verdict: self.verdict.name(),
             outcome: self.outcome.name(),
             rule: self.rule.clone(),
             reason: self.reason.clone(),
@@ -360,7 +360,7 @@ impl<W: std::io::Write> EventSink for Judge<W> {
                 event.session,
                 event.process.pid,
                 output::target_string(&event.target),
-                verdict_name(j.verdict),
+                j.verdict.name(),
                 j.outcome.name(),
                 j.rule,
                 j.reason

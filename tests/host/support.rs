@@ -59,7 +59,9 @@ impl Daemon {
             .spawn()
             .expect("start agentgate daemon");
         let mut d = Daemon { child, dir, socket };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under TCG emulation (the VM suite) loading and verifying the
+        // programs alone takes tens of seconds.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while !d.socket.exists() {
             if let Ok(Some(status)) = d.child.try_wait() {
                 panic!("daemon exited with {status}: {}", d.log());

@@ -94,40 +94,28 @@ fn auditctl(args: &[&str]) -> anyhow::Result<()> {
 
 const AUDIT_KEY: &str = "agentgate-bench";
 
-/// auditd running with rules on the same three syscalls, for every process.
+/// The audit rule: the same three syscalls, for every process.
+const AUDIT_RULE: &[&str] = &[
+    "always,exit",
+    "-F",
+    "arch=b64",
+    "-S",
+    "execve",
+    "-S",
+    "openat",
+    "-S",
+    "connect",
+    "-k",
+    AUDIT_KEY,
+];
+
 fn audit_on() -> anyhow::Result<()> {
-    auditctl(&[
-        "-a",
-        "always,exit",
-        "-F",
-        "arch=b64",
-        "-S",
-        "execve",
-        "-S",
-        "openat",
-        "-S",
-        "connect",
-        "-k",
-        AUDIT_KEY,
-    ])?;
+    auditctl(&[&["-a"], AUDIT_RULE].concat())?;
     auditctl(&["-e", "1"])
 }
 
 fn audit_off() {
-    let _ = auditctl(&[
-        "-d",
-        "always,exit",
-        "-F",
-        "arch=b64",
-        "-S",
-        "execve",
-        "-S",
-        "openat",
-        "-S",
-        "connect",
-        "-k",
-        AUDIT_KEY,
-    ]);
+    let _ = auditctl(&[&["-d"], AUDIT_RULE].concat());
 }
 
 fn run_once(

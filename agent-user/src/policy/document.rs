@@ -125,14 +125,7 @@ fn action(s: &str) -> Option<Verdict> {
 }
 
 pub fn action_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::None => "none",
-        Verdict::Allow => "allow",
-        Verdict::Audit => "audit",
-        Verdict::Refer => "refer",
-        Verdict::Deny => "deny",
-        Verdict::Kill => "kill",
-    }
+    v.name()
 }
 
 impl<'a> Decoder<'a> {
