@@ -37,8 +37,15 @@ impl World {
     }
 
     fn with(extra: &[&str]) -> Self {
-        let policy = test_policy("enforce.yaml");
-        let mut args = vec!["--policy", path_str(&policy)];
+        Self::start(&test_policy("enforce.yaml"), extra)
+    }
+
+    fn with_policy(policy: &std::path::Path) -> Self {
+        Self::start(policy, &[])
+    }
+
+    fn start(policy: &std::path::Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--policy", path_str(policy)];
         args.extend_from_slice(extra);
         let d = Daemon::start(&args);
         let status = d.status();
@@ -518,4 +525,48 @@ fn every_decision_is_a_receipt_that_verifies() {
         .unwrap_or_else(|| panic!("no receipt of the refusal in {text}"));
     assert!(refusal.contains("deny"), "{refusal}");
     assert!(refusal.contains(path_str(&secret)), "{refusal}");
+}
+
+/// Reload on file change: a policy that fails its check leaves the previous
+/// one enforcing, and the daemon says why; a good one takes over for the
+/// running sessions too.
+#[test]
+fn a_bad_reload_keeps_the_old_policy_and_a_good_one_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let original = fs::read_to_string(test_policy("enforce.yaml")).unwrap();
+    fs::write(&policy, &original).unwrap();
+    let w = World::with_policy(&policy);
+    let secret = path_str(&w.path("forbidden/secret.txt")).to_owned();
+    let read = format!("cat {secret} >/dev/null; echo secret=$?");
+    assert_eq!(status_of(&w.tagged(&read), "secret"), w.refused(1));
+
+    // A broken file: refused, the old rules stay.
+    fs::write(&policy, original.replace("action: deny", "action: deni")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !w.d.log().contains("previous policy stays in force") {
+        assert!(std::time::Instant::now() < deadline, "{}", w.d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        w.d.log().contains("policy.yaml:"),
+        "the reason names the place: {}",
+        w.d.log()
+    );
+    assert_eq!(status_of(&w.tagged(&read), "secret"), w.refused(1));
+
+    // A good file without the rule: in force at once.
+    fs::write(
+        &policy,
+        original.replace(
+            "path: ${workspace}/forbidden/**",
+            "path: ${workspace}/elsewhere/**",
+        ),
+    )
+    .unwrap();
+    while !w.d.log().contains("policy reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", w.d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status_of(&w.tagged(&read), "secret"), 0);
 }
