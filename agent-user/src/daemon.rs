@@ -26,7 +26,7 @@ use crate::{
     output::JsonLines,
     policy::{self, PolicySet, SessionContext},
     referrals::{Grant, Referrals},
-    sessions::{NewSession, Registry, Session},
+    sessions::{Ended, NewSession, Registry, Session},
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,10 +373,10 @@ async fn expire_sessions(shared: Arc<Shared>) {
         }
         let mut registry = shared.registry.lock().unwrap();
         for s in registry.iter_mut() {
-            if s.expired || s.expires.is_none_or(|e| e > now) {
+            if s.ended.is_some() || s.expires.is_none_or(|e| e > now) {
                 continue;
             }
-            s.expired = true;
+            s.ended = Some(Ended::Expired);
             match shared.enforcer.lock().unwrap().expire(s.id, false) {
                 Ok(()) => log::warn!(
                     "session {} expired (TTL): every further call of its processes is refused",

@@ -25,7 +25,7 @@ use crate::{
     output::{self, JsonLines},
     policy::{GrantTarget, Subject},
     referrals::{Referral, State},
-    sessions::Session,
+    sessions::{Ended, Session},
 };
 
 /// A decision, in the terms every output shares.
@@ -119,9 +119,9 @@ impl<W: std::io::Write> Judge<W> {
         // Labels the kernel set on its own since the last event.
         let kernel_labels = self.shared.enforcer.lock().unwrap().labels(ev.session);
         session.history.add_labels(kernel_labels);
-        if session.expired {
+        if let Some(why) = session.ended {
             drop(registry);
-            return Some(self.expired(ev));
+            return Some(self.ended(ev, why));
         }
         let mut d = engine.decide(ev, &session.ctx, &session.history);
         let grant = (d.verdict == Verdict::Refer)
@@ -132,8 +132,21 @@ impl<W: std::io::Write> Judge<W> {
             d.outcome = Outcome::ContextAllow;
         }
         session.history.record(&d, ev.time_ns);
+        let out_of_scope = d
+            .rule
+            .as_ref()
+            .is_some_and(|r| matches!(r.origin, crate::policy::Origin::ProfileDefault { .. }));
+        let threshold = engine
+            .policy()
+            .profile(&session.ctx.profile)
+            .and_then(|p| p.drift_threshold);
+        let escalate = session.drift.observe(out_of_scope, threshold);
+        let score = session.drift.score();
         let gained = session.history.labels() & !kernel_labels;
         drop(registry);
+        if escalate {
+            self.escalate(ev.session, score);
+        }
         if gained != 0
             && let Err(e) = self
                 .shared
@@ -158,6 +171,24 @@ impl<W: std::io::Write> Judge<W> {
         }
         let reaction = self.react(ev, &d);
         Some(Judged::of(&d, reaction))
+    }
+
+    /// A session past its profile's drift threshold is ended: from its next
+    /// call on, the kernel kills the process that makes it.
+    fn escalate(&self, session: u64, score: f64) {
+        log::warn!(
+            "session {session}: drift {score:.2} is past its profile's threshold: every further \
+             call kills the process that makes it"
+        );
+        if self.shared.audit_only {
+            return;
+        }
+        if let Err(e) = self.shared.enforcer.lock().unwrap().expire(session, true) {
+            log::error!("session {session}: escalating: {e}");
+        }
+        if let Some(s) = self.shared.registry.lock().unwrap().get_mut(session) {
+            s.ended = Some(Ended::Drifted);
+        }
     }
 
     /// The live grant that lets this call through, if a human gave one.
@@ -214,19 +245,24 @@ impl<W: std::io::Write> Judge<W> {
         );
     }
 
-    /// Any call of an expired session is refused; what the kernel could not
+    /// Any call of an ended session is refused; what the kernel could not
     /// judge is killed here.
-    fn expired(&self, ev: &Event) -> Judged {
+    fn ended(&self, ev: &Event, why: Ended) -> Judged {
+        let (rule, reason) = why.rule_and_reason();
         let reaction = if ev.kernel.enforced == "none" && !self.shared.audit_only {
-            self.kill(ev, "session-expired", "the session is past its TTL")
+            self.kill(ev, rule, reason)
         } else {
             "none"
         };
         Judged {
-            verdict: Verdict::Deny,
+            verdict: if why == Ended::Drifted {
+                Verdict::Kill
+            } else {
+                Verdict::Deny
+            },
             outcome: Outcome::ContextDeny,
-            rule: "session-expired".into(),
-            reason: "the session is past its TTL".into(),
+            rule: rule.into(),
+            reason: reason.into(),
             reaction,
         }
     }

@@ -23,8 +23,72 @@ pub struct Session {
     pub compiled: Compiled,
     /// What it has done so far, as far as rules care.
     pub history: SessionHistory,
-    /// Past its TTL: every call is refused.
-    pub expired: bool,
+    /// Why the session may do nothing more (past its TTL, drifted too
+    /// far): every further call is refused.
+    pub ended: Option<Ended>,
+    /// How far the session strays from its declared scope.
+    pub drift: Drift,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Past its TTL: refused from then on.
+    Expired,
+    /// Past its profile's drift threshold: killed from then on.
+    Drifted,
+}
+
+impl Ended {
+    /// The rule name and reason every later decision reports.
+    pub fn rule_and_reason(self) -> (&'static str, &'static str) {
+        match self {
+            Ended::Expired => ("session-expired", "the session is past its TTL"),
+            Ended::Drifted => (
+                "session-drift",
+                "the session strayed from its declared scope past its profile's drift threshold",
+            ),
+        }
+    }
+}
+
+/// The share of out-of-scope calls (decided by the profile's default, not
+/// by a scope or a rule) among a session's last [`Drift::WINDOW`] judged
+/// calls. Past the profile's threshold the session is escalated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Most recent last; `true` for out of scope.
+    recent: std::collections::VecDeque<bool>,
+    pub escalated: bool,
+}
+
+impl Drift {
+    pub const WINDOW: usize = 50;
+    /// Fewer calls than this say nothing yet.
+    pub const MIN_CALLS: usize = 10;
+
+    pub fn score(&self) -> f64 {
+        if self.recent.is_empty() {
+            return 0.0;
+        }
+        self.recent.iter().filter(|o| **o).count() as f64 / self.recent.len() as f64
+    }
+
+    /// Takes in one judged call; `true` when this call pushes the session
+    /// past `threshold` (once: an escalated session stays escalated).
+    pub fn observe(&mut self, out_of_scope: bool, threshold: Option<f64>) -> bool {
+        if self.recent.len() == Self::WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(out_of_scope);
+        let Some(t) = threshold else {
+            return false;
+        };
+        if self.escalated || self.recent.len() < Self::MIN_CALLS || self.score() <= t {
+            return false;
+        }
+        self.escalated = true;
+        true
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,7 +148,8 @@ impl Registry {
             ctx,
             compiled,
             history: SessionHistory::new(),
-            expired: false,
+            ended: None,
+            drift: Drift::default(),
         };
         self.sessions.entry(id).or_insert(session)
     }
@@ -152,6 +217,36 @@ mod tests {
             1000,
             vec![],
         )
+    }
+
+    #[test]
+    fn drift_escalates_once_past_the_threshold_over_a_full_enough_window() {
+        let mut d = Drift::default();
+        // In scope only: never.
+        for _ in 0..Drift::WINDOW * 2 {
+            assert!(!d.observe(false, Some(0.3)));
+        }
+        assert_eq!(d.score(), 0.0);
+        // The window slides: out-of-scope calls push the share up.
+        let mut fired = 0;
+        for _ in 0..Drift::WINDOW {
+            if d.observe(true, Some(0.3)) {
+                fired += 1;
+                assert!(d.score() > 0.3);
+            }
+        }
+        assert_eq!(fired, 1, "escalates once");
+        assert!(d.escalated);
+        // Without a threshold nothing escalates; few calls say nothing.
+        let mut d = Drift::default();
+        for _ in 0..Drift::MIN_CALLS - 1 {
+            assert!(!d.observe(true, Some(0.1)));
+        }
+        assert!(d.observe(true, Some(0.1)));
+        let mut d = Drift::default();
+        for _ in 0..Drift::WINDOW {
+            assert!(!d.observe(true, None));
+        }
     }
 
     #[test]

@@ -106,6 +106,9 @@ impl World {
             .args(options)
             .args(["--", "sh", "-c", script])
             .env("HOME", self.home.path())
+            // cargo's library path for the test binary: it would send every
+            // program's loader probing through directories outside any scope.
+            .env_remove("LD_LIBRARY_PATH")
             .current_dir(self.ws.path());
         c
     }
@@ -569,4 +572,39 @@ fn a_bad_reload_keeps_the_old_policy_and_a_good_one_takes_over() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(status_of(&w.tagged(&read), "secret"), 0);
+}
+
+/// Intent drift: a session whose calls stray from its declared scope more
+/// often than its profile allows is ended: the kernel kills each process of
+/// it at its next call, and the daemon kills those whose calls it judges
+/// after that point.
+#[test]
+fn a_session_that_drifts_past_its_threshold_is_ended() {
+    let w = World::with_policy(&test_policy("drift.yaml"));
+    let out = w.tagged(
+        "export LC_ALL=C; for i in $(seq 60); do /bin/cat allowed.txt >/dev/null; echo c=$?; \
+         sleep 0.05; done",
+    );
+    let statuses: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("c="))
+        .collect();
+    assert_eq!(
+        statuses.first(),
+        Some(&"0"),
+        "in scope at first: {out:?}\n{}",
+        w.d.log()
+    );
+    // Ended: the loop never finishes (the shell itself, or each program it
+    // starts, is killed).
+    assert!(
+        statuses.len() < 60 && (statuses.contains(&"137") || out.status.code().is_none()),
+        "never ended: {statuses:?} {out:?}"
+    );
+    assert!(
+        w.d.log().contains("past its profile's threshold"),
+        "{}",
+        w.d.log()
+    );
 }

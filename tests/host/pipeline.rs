@@ -141,10 +141,18 @@ fn flood_of_opens_is_delivered_or_counted_as_dropped() {
         .filter(|e| s(e, "kind") == "open" && s(e, "target") == target)
         .count() as u64;
     println!("flood: {N} opens, delivered {delivered}, dropped {dropped}");
-    assert_eq!(
-        delivered + dropped,
-        N,
-        "every open is delivered or counted as dropped"
+    // `dropped` counts every open of the session lost while the ring was
+    // full, the interpreter's own start-up opens among them: the flood's
+    // opens are all delivered or among those counted, and at most a few
+    // hundred others (python's start-up) are.
+    assert!(delivered <= N, "{delivered} deliveries of {N} opens");
+    assert!(
+        delivered + dropped >= N,
+        "opens lost without being counted: delivered {delivered} + dropped {dropped} < {N}"
+    );
+    assert!(
+        delivered + dropped <= N + 500,
+        "more drops than the session's other opens explain: {delivered} + {dropped}"
     );
     assert!(after.contains("dropped"), "{after}");
 }
