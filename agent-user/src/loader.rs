@@ -6,7 +6,7 @@ use std::{fs, path::Path};
 use agent_common::KernelLayout;
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, Program, ProgramError, TracePoint},
 };
 use thiserror::Error;
 
@@ -192,6 +192,21 @@ pub struct Loaded {
     pub attached: Vec<String>,
 }
 
+/// The program `name` of the object, as the type its section says it is.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(failed(name))
+}
+
+fn failed(name: &'static str) -> impl Fn(ProgramError) -> LoadError {
+    move |source| LoadError::Program { name, source }
+}
+
 pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
     ensure_tracefs()?;
     let layout = kernel_layout()?;
@@ -201,15 +216,9 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
         .load(EBPF_OBJECT)?;
     let mut attached = Vec::new();
     for &(name, category, event) in TRACEPOINTS {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::Missing(name))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.attach(category, event)
-            .map_err(|source| LoadError::Program { name, source })?;
+        let prog: &mut TracePoint = program(&mut ebpf, name)?;
+        prog.load().map_err(failed(name))?;
+        prog.attach(category, event).map_err(failed(name))?;
         attached.push(format!("tracepoint/{category}:{event}"));
     }
     let root = cgroup2_root()?;
@@ -218,33 +227,22 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
         source,
     })?;
     for &name in SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::Missing(name))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| LoadError::Program { name, source })?;
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        prog.load().map_err(failed(name))?;
         // Attached through a bpf_link (kernel ≥ 5.7), which always allows
         // several programs side by side and refuses any flag but 0
         // (`Single`): other daemons (tests) keep theirs, and each judges
         // only the processes in its own maps.
         prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program { name, source })?;
+            .map_err(failed(name))?;
         attached.push(format!("cgroup_sock_addr/{name}@{root}"));
     }
     if opts.lsm {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
         for &(name, hook) in LSM_HOOKS {
-            let prog: &mut Lsm = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::Missing(name))?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            prog.load(hook, &btf)
-                .map_err(|source| LoadError::Program { name, source })?;
-            prog.attach()
-                .map_err(|source| LoadError::Program { name, source })?;
+            let prog: &mut Lsm = program(&mut ebpf, name)?;
+            prog.load(hook, &btf).map_err(failed(name))?;
+            prog.attach().map_err(failed(name))?;
             attached.push(format!("lsm/{hook}"));
         }
     }
