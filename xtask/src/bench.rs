@@ -9,13 +9,12 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    thread::sleep,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 
-use crate::{status, target_dir, workspace_root};
+use crate::{daemon::Daemon, status, target_dir, workspace_root};
 
 const ROUNDS: usize = 5;
 
@@ -54,16 +53,6 @@ impl Setup {
             Setup::Untagged => "agentgate, outside sessions",
             Setup::Auditd => "auditd (execve,openat,connect)",
         }
-    }
-}
-
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
     }
 }
 
@@ -169,35 +158,17 @@ pub fn run() -> anyhow::Result<()> {
         "agentgate",
     ])?;
     let agentgate = target_dir().join("release/agentgate");
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("agentgate.sock");
-    let log = dir.path().join("daemon.log");
     // Start auditd (the daemon that receives the records) if it is not up.
     if Command::new("auditctl").arg("-s").output().is_err() {
         bail!("auditctl not found: `cargo xtask setup` installs auditd");
     }
     let _ = Command::new("auditd").stderr(Stdio::null()).status();
-    let daemon = Daemon(
-        Command::new(&agentgate)
-            .arg("daemon")
-            .arg("--policy")
-            .arg(workspace_root().join("xtask/bench-policy.yaml"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--log", "json"])
-            .stdout(std::fs::File::create("/dev/null")?)
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            bail!("daemon did not start: {}", std::fs::read_to_string(&log)?);
-        }
-        sleep(Duration::from_millis(100));
-    }
+    let daemon = Daemon::start(
+        &agentgate,
+        &workspace_root().join("xtask/bench-policy.yaml"),
+        false,
+    )?;
+    let socket = &daemon.socket;
     let py = python();
     println!(
         "bench: {ROUNDS} interleaved rounds per workload, median wall time, ratio to no agent"
@@ -206,7 +177,7 @@ pub fn run() -> anyhow::Result<()> {
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); Setup::ALL.len()];
         for _ in 0..ROUNDS {
             for (i, s) in Setup::ALL.iter().enumerate() {
-                times[i].push(run_once(*s, &py, script, &agentgate, &socket)?);
+                times[i].push(run_once(*s, &py, script, &agentgate, socket)?);
             }
         }
         let medians: Vec<Duration> = times.into_iter().map(median).collect();
@@ -222,7 +193,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     let status = Command::new(&agentgate)
         .arg("--socket")
-        .arg(&socket)
+        .arg(socket)
         .arg("status")
         .output()?;
     println!("{}", String::from_utf8_lossy(&status.stdout));

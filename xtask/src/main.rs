@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod daemon;
 mod scenarios;
 mod setup;
 mod vm;

@@ -3,27 +3,11 @@
 //! (tests/scenarios/attacks.yaml), each run plain and under `agentgate exec
 //! --profile coding-agent` against a daemon with the shipped policies. Every
 //! benign workload must stay intact and every valid attack must be stopped.
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::{target_dir, workspace_root};
-
-/// The daemon for the run; stopped (SIGTERM) when dropped.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
+use crate::{daemon::Daemon, target_dir, workspace_root};
 
 /// `attacks stopped S/N …, benign intact B/M, invalid K` → (S, N, B, M, K).
 fn summary(out: &str) -> Option<(u32, u32, u32, u32, u32)> {
@@ -53,29 +37,11 @@ pub fn run() -> anyhow::Result<()> {
     }
     crate::cargo(&["build", "-p", "agent-user", "--bin", "agentgate"])?;
     let agentgate = target_dir().join("debug/agentgate");
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("agentgate.sock");
-    let log = dir.path().join("daemon.log");
-    let daemon = Daemon(
-        Command::new(&agentgate)
-            .arg("daemon")
-            .arg("--policy")
-            .arg(workspace_root().join("policies"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--log", "json"])
-            .stdout(std::fs::File::create(dir.path().join("events.jsonl"))?)
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting the daemon")?,
-    );
-    wait_for(&socket, &log)?;
+    let daemon = Daemon::start(&agentgate, &workspace_root().join("policies"), true)?;
     let wrap = format!(
         "{} --socket {} exec --profile coding-agent --intent 'fix the failing test' --",
         agentgate.display(),
-        socket.display()
+        daemon.socket.display()
     );
     println!("scenarios: benign corpus and attacks, plain and under: {wrap}");
     let out = Command::new("python3")
@@ -83,7 +49,7 @@ pub fn run() -> anyhow::Result<()> {
         .arg(corpus.join("benign.yaml"))
         .arg(workspace_root().join("tests/scenarios/attacks.yaml"))
         .args(["--netns", "--compare", "--wrap", &wrap])
-        .current_dir(dir.path())
+        .current_dir(daemon.dir.path())
         .stdin(Stdio::null())
         .output()
         .context("running the scenario harness")?;
@@ -103,20 +69,6 @@ pub fn run() -> anyhow::Result<()> {
         println!("scenarios: {invalid} entries did not work even without agentgate (see above)");
     }
     println!("scenarios: {} passed, 0 failed", benign + stopped);
-    Ok(())
-}
-
-fn wait_for(socket: &Path, log: &PathBuf) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not start: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        sleep(Duration::from_millis(100));
-    }
     Ok(())
 }
 
