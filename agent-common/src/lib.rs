@@ -356,19 +356,42 @@ pub const SESSION_EXPIRED: u32 = 1;
 /// Past its TTL, and its processes are killed on their next call.
 pub const SESSION_EXPIRED_KILL: u32 = 2;
 
-/// Value of `SESSION_POLICY`, keyed by session id.
+/// One ruleset a call is judged by, and its verdicts where no rule matches.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SessionPolicy {
-    /// Key prefix of this session's entries in the rule maps.
+pub struct Layer {
+    /// Key prefix of the layer's entries in the rule maps (0: no layer).
     pub ruleset: u32,
-    /// `SESSION_*` flags.
-    pub flags: u32,
-    /// Verdict when no rule matches, per [`Access`].
+    /// Verdict when no rule matches, per [`Access`] (`None`: the layer has
+    /// no opinion on that access).
     pub defaults: [u8; ACCESS_COUNT],
     pub _pad: [u8; 2],
     /// Rule id reported with a default verdict, per [`Access`].
     pub default_rules: [u32; ACCESS_COUNT],
+}
+
+/// Sessions a call is judged by: the caller's, and up to three sessions that
+/// delegated to it (each a parent of the one before). A call goes through
+/// only if every one of them lets it: a delegated session's scope can only
+/// narrow. The daemon refuses deeper delegation.
+pub const MAX_CHAIN: usize = 4;
+
+/// Value of `SESSION_POLICY`, keyed by session id. A call is judged by
+/// every layer of the session and of each session up its `parent` chain;
+/// the strongest verdict wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionPolicy {
+    /// The policy's rules and the profile's scopes.
+    pub rules: Layer,
+    /// The scope of the tool call in progress (`action begin`), which
+    /// narrows the profile's (ruleset 0: no tool call).
+    pub tool: Layer,
+    /// `SESSION_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The session this one was opened from (0: none).
+    pub parent: SessionId,
 }
 
 /// Value of `CONFIG[0]`: which hooks judge and whether they block.
@@ -460,7 +483,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<PathRuleKey>(), 256);
         assert_eq!(core::mem::size_of::<NetRuleKey>(), 24);
         assert_eq!(core::mem::size_of::<RuleSlot>(), 32);
-        assert_eq!(core::mem::size_of::<SessionPolicy>(), 40);
+        assert_eq!(core::mem::size_of::<Layer>(), 36);
+        assert_eq!(core::mem::size_of::<SessionPolicy>(), 88);
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The verdict on one call of a tagged process: look the session's compiled
-//! rules up, take the strongest verdict that applies, else the session's
-//! default for that access. No policy logic lives here — only look-ups of
+//! The verdict on one call of a tagged process: look the call up in every
+//! layer (rules, tool call) of its session and of the sessions that
+//! delegated to it, take the strongest verdict that applies, each layer
+//! falling back to its default for that access. No policy logic lives here — only look-ups of
 //! what the daemon compiled (agent_common's enforcement section).
 use agent_common::{
-    Access, EnforceConfig, MODE_OBSERVE, PATH_MAX, RULE_PATH_LEN, RuleEntry, SESSION_EXPIRED,
-    SESSION_EXPIRED_KILL, SessionId, SessionPolicy, Verdict, net_prefix_bits, path_prefix_bits,
+    Access, EnforceConfig, Layer, MAX_CHAIN, MODE_OBSERVE, PATH_MAX, RULE_PATH_LEN, RuleEntry,
+    SESSION_EXPIRED, SESSION_EXPIRED_KILL, SessionId, SessionPolicy, Verdict, net_prefix_bits,
+    path_prefix_bits,
 };
 use aya_ebpf::{
     cty::c_void,
@@ -16,35 +18,40 @@ use crate::maps::{
     SESSION_POLICY,
 };
 
-/// The verdict reached, the rule behind it, and the labels the call earns if
-/// it goes through.
+/// The verdict reached, the rule behind it, and the labels the call earns
+/// if it goes through, per session of the chain.
 #[derive(Clone, Copy)]
 pub struct Judgement {
     pub verdict: Verdict,
     pub rule: u32,
-    pub set_labels: u64,
+    pub set_labels: [u64; MAX_CHAIN],
 }
 
 impl Judgement {
-    pub const NONE: Self = Self {
-        verdict: Verdict::None,
-        rule: 0,
-        set_labels: 0,
-    };
+    pub const NONE: Self = Self::of(Verdict::None, 0);
 
-    /// Folds in the slots of `entry` that apply to `labels`.
-    fn take(&mut self, entry: &RuleEntry, labels: u64) {
-        for slot in &entry.slots {
-            if slot.applies(labels) {
-                self.prefer(Verdict::from_u8(slot.verdict), slot.rule);
-                self.set_labels |= slot.set_labels;
-            }
+    /// A verdict that earns no labels.
+    pub const fn of(verdict: Verdict, rule: u32) -> Self {
+        Self {
+            verdict,
+            rule,
+            set_labels: [0; MAX_CHAIN],
         }
     }
 
     pub fn merge(&mut self, other: &Judgement) {
         self.prefer(other.verdict, other.rule);
-        self.set_labels |= other.set_labels;
+        for (mine, theirs) in self.set_labels.iter_mut().zip(other.set_labels.iter()) {
+            *mine |= *theirs;
+        }
+    }
+
+    /// Folds in one layer's verdict, earned by the session at `level`.
+    fn add(&mut self, level: usize, found: &Found) {
+        self.prefer(found.verdict, found.rule);
+        if let Some(l) = self.set_labels.get_mut(level) {
+            *l |= found.set_labels;
+        }
     }
 
     /// The stronger verdict wins; between equals, the rule written first
@@ -57,6 +64,47 @@ impl Judgement {
     }
 }
 
+/// What one layer says about a call.
+struct Found {
+    verdict: Verdict,
+    rule: u32,
+    set_labels: u64,
+}
+
+impl Found {
+    const NONE: Self = Self {
+        verdict: Verdict::None,
+        rule: 0,
+        set_labels: 0,
+    };
+
+    /// Folds in the slots of `entry` that apply to `labels`.
+    fn take(&mut self, entry: &RuleEntry, labels: u64) {
+        for slot in &entry.slots {
+            if slot.applies(labels) {
+                let v = Verdict::from_u8(slot.verdict);
+                if v > self.verdict || (v == self.verdict && slot.rule < self.rule) {
+                    self.verdict = v;
+                    self.rule = slot.rule;
+                }
+                self.set_labels |= slot.set_labels;
+            }
+        }
+    }
+
+    /// The layer's default when none of its rules matched.
+    fn settle(mut self, layer: &Layer, access: Access) -> Self {
+        if self.verdict == Verdict::None {
+            let i = access as usize;
+            if let (Some(v), Some(r)) = (layer.defaults.get(i), layer.default_rules.get(i)) {
+                self.verdict = Verdict::from_u8(*v);
+                self.rule = *r;
+            }
+        }
+        self
+    }
+}
+
 pub fn config() -> EnforceConfig {
     CONFIG.get(0).copied().unwrap_or(EnforceConfig {
         mode: MODE_OBSERVE,
@@ -66,68 +114,79 @@ pub fn config() -> EnforceConfig {
     })
 }
 
-/// A session's compiled policy and the labels it holds right now.
+/// The sessions a call of a tagged process is judged by: its own, then
+/// each one that delegated to the one before.
 pub struct Session {
-    pub id: SessionId,
-    policy: SessionPolicy,
-    labels: u64,
+    chain: [SessionId; MAX_CHAIN],
 }
 
-/// The session's policy, or `None` while the daemon has installed none.
+/// The session's chain, or `None` while the daemon has installed no policy
+/// for it.
 pub fn session(id: SessionId) -> Option<Session> {
-    // SAFETY: values are copied out at once.
-    let policy = *unsafe { SESSION_POLICY.get(&id) }?;
-    let labels = unsafe { SESSION_LABELS.get(&id) }.copied().unwrap_or(0);
-    Some(Session { id, policy, labels })
+    let mut s = Session {
+        chain: [0; MAX_CHAIN],
+    };
+    let mut next = id;
+    for slot in s.chain.iter_mut() {
+        // SAFETY: only `parent` is read, at once.
+        let Some(p) = (unsafe { SESSION_POLICY.get(&next) }) else {
+            break;
+        };
+        *slot = next;
+        next = p.parent;
+        if next == 0 {
+            break;
+        }
+    }
+    (s.chain[0] != 0).then_some(s)
+}
+
+/// Past its TTL (or its drift threshold), a session may do nothing at all,
+/// and neither may the sessions it delegated to.
+fn expired(policy: &SessionPolicy) -> Option<Judgement> {
+    if policy.flags & SESSION_EXPIRED_KILL != 0 {
+        Some(Judgement::of(Verdict::Kill, 0))
+    } else if policy.flags & SESSION_EXPIRED != 0 {
+        Some(Judgement::of(Verdict::Deny, 0))
+    } else {
+        None
+    }
 }
 
 impl Session {
-    /// Past its TTL, a session may do nothing at all.
-    fn expired(&self) -> Option<Judgement> {
-        let verdict = if self.policy.flags & SESSION_EXPIRED_KILL != 0 {
-            Verdict::Kill
-        } else if self.policy.flags & SESSION_EXPIRED != 0 {
-            Verdict::Deny
-        } else {
-            return None;
-        };
-        Some(Judgement {
-            verdict,
-            rule: 0,
-            set_labels: 0,
-        })
-    }
-
-    /// The session's default when no rule matched.
-    fn settle(&self, mut j: Judgement, access: Access) -> Judgement {
-        if j.verdict == Verdict::None {
-            let i = access as usize;
-            if let (Some(v), Some(r)) = (
-                self.policy.defaults.get(i),
-                self.policy.default_rules.get(i),
-            ) {
-                j.verdict = Verdict::from_u8(*v);
-                j.rule = *r;
+    /// Calls `f` with each session of the chain: its level, policy and labels.
+    #[inline(always)]
+    fn each(&self, j: &mut Judgement, mut f: impl FnMut(&mut Judgement, usize, &SessionPolicy, u64)) {
+        for (level, id) in self.chain.iter().enumerate() {
+            if *id == 0 {
+                break;
             }
+            // SAFETY: map values, read during this call only.
+            let Some(policy) = (unsafe { SESSION_POLICY.get(id) }) else {
+                break;
+            };
+            if let Some(e) = expired(policy) {
+                j.merge(&e);
+                continue;
+            }
+            let labels = unsafe { SESSION_LABELS.get(id) }.copied().unwrap_or(0);
+            f(j, level, policy, labels);
         }
-        j
     }
 
     /// Verdict on the path in this CPU's record (`path`, `len` bytes and a
     /// NUL) for one access.
     pub fn path(&self, access: Access, path: &[u8], len: usize) -> Judgement {
-        if let Some(j) = self.expired() {
-            return j;
-        }
+        let mut j = Judgement::NONE;
         let Some(keys) = KEY_SCRATCH.get_ptr_mut(0) else {
-            return Judgement::NONE;
+            return j;
         };
         // SAFETY: this CPU's scratch slot; nothing else runs on it meanwhile.
-        let key = unsafe { &mut (*keys).path };
-        key.prefix_len = path_prefix_bits(RULE_PATH_LEN);
-        key.data.ruleset = self.policy.ruleset;
-        key.data.access = access as u8;
-        let mut j = Judgement::NONE;
+        let keys = unsafe { &mut *keys };
+        keys.path.prefix_len = path_prefix_bits(RULE_PATH_LEN);
+        keys.path.data.access = access as u8;
+        keys.suffix.prefix_len = path_prefix_bits(RULE_PATH_LEN);
+        keys.suffix.data.access = access as u8;
         // The copy carries the path's NUL when it is shorter than the key:
         // rule paths hold no NUL but an exact one's last byte, so whatever
         // follows in the key cannot make a longer rule match.
@@ -135,12 +194,9 @@ impl Session {
             return j;
         };
         // SAFETY: both are map memory of at least RULE_PATH_LEN bytes.
-        if unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), &mut key.data.path) }.is_ok() {
-            if let Some(entry) = PATH_RULES.get(&*key) {
-                j.take(entry, self.labels);
-            }
-        }
-        // The same key, reversed: suffix rules are prefixes of it.
+        let forward =
+            unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), &mut keys.path.data.path) }.is_ok();
+        // The same path, reversed: suffix rules are prefixes of it.
         let mut rev = Reverse {
             len: len as u64,
             n: len.min(RULE_PATH_LEN) as u64,
@@ -154,55 +210,87 @@ impl Session {
                 0,
             )
         };
-        if let Some(entry) = PATH_SUFFIX_RULES.get(&*key) {
-            j.take(entry, self.labels);
-        }
-        self.settle(j, access)
+        self.each(&mut j, |j, level, policy, labels| {
+            for layer in [&policy.rules, &policy.tool] {
+                if layer.ruleset == 0 {
+                    continue;
+                }
+                keys.path.data.ruleset = layer.ruleset;
+                keys.suffix.data.ruleset = layer.ruleset;
+                let mut found = Found::NONE;
+                if forward && let Some(entry) = PATH_RULES.get(&keys.path) {
+                    found.take(entry, labels);
+                }
+                if let Some(entry) = PATH_SUFFIX_RULES.get(&keys.suffix) {
+                    found.take(entry, labels);
+                }
+                j.add(level, &found.settle(layer, access));
+            }
+        });
+        j
     }
 
     /// Verdict on a connect to `addr` (IPv6, or IPv4-mapped) and `port`.
     pub fn net(&self, addr: &[u8; 16], port: u16) -> Judgement {
-        if let Some(j) = self.expired() {
-            return j;
-        }
+        let mut j = Judgement::NONE;
         let Some(keys) = KEY_SCRATCH.get_ptr_mut(0) else {
-            return Judgement::NONE;
+            return j;
         };
         // SAFETY: this CPU's scratch slot.
         let key = unsafe { &mut (*keys).net };
         key.prefix_len = net_prefix_bits(128);
-        key.data.ruleset = self.policy.ruleset;
         key.data._pad = 0;
         key.data.addr = *addr;
-        let mut j = Judgement::NONE;
-        for p in [port, 0] {
-            key.data.port = p;
-            if let Some(entry) = NET_RULES.get(&*key) {
-                j.take(entry, self.labels);
+        self.each(&mut j, |j, level, policy, labels| {
+            for layer in [&policy.rules, &policy.tool] {
+                if layer.ruleset == 0 {
+                    continue;
+                }
+                key.data.ruleset = layer.ruleset;
+                let mut found = Found::NONE;
+                for p in [port, 0] {
+                    key.data.port = p;
+                    if let Some(entry) = NET_RULES.get(&*key) {
+                        found.take(entry, labels);
+                    }
+                }
+                j.add(level, &found.settle(layer, Access::ConnectInet));
             }
-        }
-        self.settle(j, Access::ConnectInet)
+        });
+        j
     }
 
-    /// Adds the labels a call earned once it is let through: later calls of
-    /// the session see them at once, with no round trip to the daemon.
+    /// Adds the labels a call earned, once it is let through, to each
+    /// session of the chain: later calls see them at once, with no round
+    /// trip to the daemon.
     pub fn commit(&self, j: &Judgement) {
-        if j.verdict.blocks() || j.set_labels & !self.labels == 0 {
+        if j.verdict.blocks() {
             return;
         }
-        match SESSION_LABELS.get_ptr_mut(&self.id) {
-            // SAFETY: a map value. An atomic OR, so that two CPUs setting
-            // different labels of one session both keep theirs (the BPF
-            // target has no Rust atomics with read-modify-write).
-            Some(p) => unsafe {
-                core::arch::asm!(
-                    "lock *(u64 *)({0} + 0) |= {1}",
-                    in(reg) p,
-                    in(reg) j.set_labels,
-                );
-            },
-            None => {
-                let _ = SESSION_LABELS.insert(&self.id, &(self.labels | j.set_labels), 0);
+        for (id, bits) in self.chain.iter().zip(j.set_labels.iter()) {
+            let bits = *bits;
+            if *id == 0 {
+                break;
+            }
+            if bits == 0 {
+                continue;
+            }
+            match SESSION_LABELS.get_ptr_mut(id) {
+                // SAFETY: a map value. An atomic OR, so that two CPUs setting
+                // different labels of one session both keep theirs (the BPF
+                // target has no Rust atomics with read-modify-write).
+                Some(p) => unsafe {
+                    if *p & bits != bits {
+                        core::arch::asm!(
+                            "lock *(u64 *)({0} + 0) |= {1}",
+                            in(reg) p,
+                            in(reg) bits,
+                        );
+                    }
+                },
+                None => {
+                    let _ = SESSION_LABELS.insert(id, &bits, 0);
+                }
             }
         }
     }
@@ -228,7 +316,7 @@ extern "C" fn reverse_step(i: u32, ctx: *mut c_void) -> i64 {
     };
     let i = i as usize;
     // SAFETY: this CPU's scratch slots.
-    let (data, key) = unsafe { (&(*buf).data, &mut (*keys).path.data.path) };
+    let (data, key) = unsafe { (&(*buf).data, &mut (*keys).suffix.data.path) };
     let Some(d) = key.get_mut(i) else {
         return 1;
     };

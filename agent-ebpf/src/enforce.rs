@@ -108,9 +108,5 @@ pub fn take_exec_verdict() -> Option<Judgement> {
     // SAFETY: copied out at once.
     let v = *unsafe { EXEC_VERDICTS.get(&tid) }?;
     let _ = EXEC_VERDICTS.remove(&tid);
-    Some(Judgement {
-        verdict: Verdict::from_u8(v as u8),
-        rule: (v >> 32) as u32,
-        set_labels: 0,
-    })
+    Some(Judgement::of(Verdict::from_u8(v as u8), (v >> 32) as u32))
 }

@@ -248,11 +248,7 @@ fn refuse_attack(tag: &ProcTag, what: &[u8]) -> i32 {
         }
         rec.header().path_len = n as u16;
         rec.judge(
-            &Judgement {
-                verdict: agent_common::Verdict::Deny,
-                rule: 0,
-                set_labels: 0,
-            },
+            &Judgement::of(agent_common::Verdict::Deny, 0),
             agent_common::ENFORCED_REFUSED,
         );
         rec.emit(Hook::Exec);

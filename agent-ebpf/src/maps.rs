@@ -55,13 +55,15 @@ pub static SESSION_LABELS: HashMap<SessionId, u64> = HashMap::with_max_entries(4
 #[map]
 pub static CONFIG: Array<EnforceConfig> = Array::with_max_entries(1, 0);
 
-/// Room to build rule keys: 260 bytes each, too big for the stack.
+/// Room to build rule keys: 260 bytes each, too big for the stack. `path`
+/// holds a path as written, `suffix` the same path reversed.
 #[map]
 pub static KEY_SCRATCH: PerCpuArray<RuleKeys> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 pub struct RuleKeys {
     pub path: Key<PathRuleKey>,
+    pub suffix: Key<PathRuleKey>,
     pub net: Key<NetRuleKey>,
 }
 

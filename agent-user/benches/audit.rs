@@ -39,6 +39,7 @@ fn record(n: u64) -> Record {
                 "/home/alice/src/project/crates/parser/src/file{}.rs",
                 n % 1000
             ),
+            ..Default::default()
         },
         decision: Decision {
             verdict: Verdict::Allow as i32,

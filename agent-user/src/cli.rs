@@ -59,6 +59,30 @@ pub enum Command {
     Reject { id: u64 },
     /// Verify and export the audit log.
     Audit(crate::audit::cli::AuditArgs),
+    /// From an agent runtime inside a session: declare a tool call. Until
+    /// it ends, the session's calls are attributed to it and judged by the
+    /// tool's scope (the profile's `tools:`) as well as the session's.
+    Action {
+        #[command(subcommand)]
+        command: ActionCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ActionCommand {
+    /// A tool call begins; prints its id.
+    Begin {
+        /// The tool's name, as the profile's `tools:` names it.
+        tool: String,
+        /// The tool's parameters (for the record), e.g. JSON.
+        #[arg(long, default_value = "")]
+        params: String,
+        /// Why the agent calls it (for the record).
+        #[arg(long, default_value = "")]
+        rationale: String,
+    },
+    /// The tool call ends.
+    End { id: u64 },
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,6 +161,7 @@ pub fn main() -> ExitCode {
             },
         ),
         Command::Audit(args) => crate::audit::cli::run(args),
+        Command::Action { command } => action(&cli.socket, command),
     };
     match result {
         Ok(code) => code,
@@ -288,6 +313,68 @@ fn answer(socket: &Path, a: control::AnswerReferral) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_session(d: &control::SessionDetail) {
+    let Some(s) = &d.info else {
+        return;
+    };
+    let when = |secs: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    };
+    println!("session {}", s.id);
+    println!("  principal:  {} (uid {})", s.principal, s.uid);
+    println!("  agent:      {} sha256:{}", d.agent_exe, d.agent_sha256);
+    println!("  command:    {:?}", s.command);
+    println!("  profile:    {}", s.profile);
+    println!("  intent:     {:?} tags {:?}", s.intent, d.intent_tags);
+    println!("  workspace:  {}", s.workspace);
+    println!("  created:    {}", when(s.created_unix));
+    if s.expires_unix != 0 {
+        println!("  expires:    {}", when(s.expires_unix));
+    }
+    if !d.ended.is_empty() {
+        println!("  ENDED:      {} (every further call is refused)", d.ended);
+    }
+    println!("  delegation: {:?} (innermost first)", d.chain);
+    if !d.children.is_empty() {
+        println!("  opened:     {:?}", d.children);
+    }
+    println!("  processes:  {:?}", d.pids);
+    println!("  labels:     {:?}", d.labels);
+    println!("  drift:      {:.2}", d.drift_score);
+    println!("  tools:      {:?}", d.tools);
+    if d.action_id != 0 {
+        println!(
+            "  tool call:  {} {} {} ({})",
+            d.action_id, d.action_tool, d.action_params, d.action_rationale
+        );
+    }
+    println!("  referrals pending: {}", d.pending_referrals);
+}
+
+fn action(socket: &Path, command: ActionCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ActionCommand::Begin {
+            tool,
+            params,
+            rationale,
+        } => {
+            let body = request::Body::ActionBegin(control::ActionBegin {
+                tool,
+                params,
+                rationale,
+            });
+            let response::Body::ActionStarted(a) = call(socket, body)? else {
+                bail!("unexpected reply from the daemon");
+            };
+            println!("{}", a.id);
+        }
+        ActionCommand::End { id } => {
+            call(socket, request::Body::ActionEnd(control::ActionEnd { id }))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn sessions(socket: &Path, command: SessionsCommand) -> anyhow::Result<ExitCode> {
     match command {
         SessionsCommand::End { id } => {
@@ -297,7 +384,7 @@ fn sessions(socket: &Path, command: SessionsCommand) -> anyhow::Result<ExitCode>
             )?;
             println!("session {id} ended");
         }
-        SessionsCommand::List | SessionsCommand::Show { .. } => {
+        SessionsCommand::List => {
             let response::Body::Sessions(list) = call(
                 socket,
                 request::Body::ListSessions(control::ListSessions {}),
@@ -305,25 +392,33 @@ fn sessions(socket: &Path, command: SessionsCommand) -> anyhow::Result<ExitCode>
             else {
                 bail!("unexpected reply from the daemon");
             };
-            let show = match command {
-                SessionsCommand::Show { id } => Some(id),
-                _ => None,
-            };
-            let mut found = false;
-            for s in list
-                .sessions
-                .iter()
-                .filter(|s| show.is_none_or(|id| id == s.id))
-            {
-                found = true;
+            for s in &list.sessions {
                 println!(
-                    "{}\tpid {}\t{}\tprofile {}\tintent {:?}\tworkspace {}\tcommand {:?}",
-                    s.id, s.pid, s.principal, s.profile, s.intent, s.workspace, s.command
+                    "{}\tpid {}\t{}\tprofile {}\t{}intent {:?}\tworkspace {}\tcommand {:?}",
+                    s.id,
+                    s.pid,
+                    s.principal,
+                    s.profile,
+                    if s.parent != 0 {
+                        format!("from session {}\t", s.parent)
+                    } else {
+                        String::new()
+                    },
+                    s.intent,
+                    s.workspace,
+                    s.command
                 );
             }
-            if let (Some(id), false) = (show, found) {
-                bail!("no session {id}");
-            }
+        }
+        SessionsCommand::Show { id } => {
+            let response::Body::SessionDetail(d) = call(
+                socket,
+                request::Body::ShowSession(control::ShowSession { id }),
+            )?
+            else {
+                bail!("unexpected reply from the daemon");
+            };
+            print_session(&d);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,7 +13,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
-    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<request::Body>,
 }
 
@@ -32,7 +32,41 @@ pub mod request {
         ListReferrals(super::ListReferrals),
         #[prost(message, tag = "6")]
         AnswerReferral(super::AnswerReferral),
+        #[prost(message, tag = "7")]
+        ActionBegin(super::ActionBegin),
+        #[prost(message, tag = "8")]
+        ActionEnd(super::ActionEnd),
+        #[prost(message, tag = "9")]
+        ShowSession(super::ShowSession),
     }
+}
+
+/// From the agent runtime, inside its session: a tool call begins. Until it
+/// ends, the session's calls are attributed to it and must also be inside
+/// the tool's scope (the profile's `tools:`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ActionBegin {
+    #[prost(string, tag = "1")]
+    pub tool: String,
+    /// The tool's parameters, as the runtime passes them (for the record).
+    #[prost(string, tag = "2")]
+    pub params: String,
+    /// Why the agent calls it (for the record).
+    #[prost(string, tag = "3")]
+    pub rationale: String,
+}
+
+/// From inside the session: the tool call `id` is over.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ActionEnd {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ShowSession {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -131,7 +165,7 @@ pub struct EndSession {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Response {
-    #[prost(oneof = "response::Body", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "response::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub body: Option<response::Body>,
 }
 
@@ -150,7 +184,63 @@ pub mod response {
         Done(super::Done),
         #[prost(message, tag = "6")]
         Referrals(super::Referrals),
+        #[prost(message, tag = "7")]
+        ActionStarted(super::ActionStarted),
+        #[prost(message, tag = "8")]
+        SessionDetail(super::SessionDetail),
     }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ActionStarted {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// Everything the daemon knows about one session.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionDetail {
+    #[prost(message, optional, tag = "1")]
+    pub info: Option<SessionInfo>,
+    #[prost(string, repeated, tag = "2")]
+    pub intent_tags: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub agent_exe: String,
+    /// Hex SHA-256 of the agent's binary when the session opened.
+    #[prost(string, tag = "4")]
+    pub agent_sha256: String,
+    /// The session and those it was delegated from, innermost first.
+    #[prost(uint64, repeated, tag = "5")]
+    pub chain: Vec<u64>,
+    /// Sessions opened from this one.
+    #[prost(uint64, repeated, tag = "6")]
+    pub children: Vec<u64>,
+    /// Live processes tagged with it.
+    #[prost(uint32, repeated, tag = "7")]
+    pub pids: Vec<u32>,
+    /// Labels it holds.
+    #[prost(string, repeated, tag = "8")]
+    pub labels: Vec<String>,
+    #[prost(double, tag = "9")]
+    pub drift_score: f64,
+    /// Why it may do nothing more (`expired`, `drifted`), or empty.
+    #[prost(string, tag = "10")]
+    pub ended: String,
+    /// The tool call in progress: id, tool, params, rationale.
+    #[prost(uint64, tag = "11")]
+    pub action_id: u64,
+    #[prost(string, tag = "12")]
+    pub action_tool: String,
+    #[prost(string, tag = "13")]
+    pub action_params: String,
+    #[prost(string, tag = "14")]
+    pub action_rationale: String,
+    /// Tools its profile declares scopes for.
+    #[prost(string, repeated, tag = "15")]
+    pub tools: Vec<String>,
+    /// Referrals of the session still waiting for a human.
+    #[prost(uint32, tag = "16")]
+    pub pending_referrals: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -224,6 +314,9 @@ pub struct SessionInfo {
     pub expires_unix: u64,
     #[prost(string, repeated, tag = "10")]
     pub command: Vec<String>,
+    /// The session it was opened from (0: none).
+    #[prost(uint64, tag = "11")]
+    pub parent: u64,
 }
 
 pub fn codec() -> LengthDelimitedCodec {

@@ -7,7 +7,9 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use agent_common::{Counter, Hook, MODE_FALLBACK, MODE_LSM, ProcTag, SessionId, counter_index};
+use agent_common::{
+    Counter, Hook, MAX_CHAIN, MODE_FALLBACK, MODE_LSM, ProcTag, SessionId, counter_index,
+};
 use anyhow::{Context, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use futures::{SinkExt, StreamExt};
@@ -17,16 +19,16 @@ use tokio_util::codec::Framed;
 use crate::{
     audit::{self, AuditLog},
     control::{self, HookCounters, Request, Response, request, response},
-    enforce::Enforcer,
+    enforce::{Enforcer, KernelRuleset},
     engine::Engine,
     journal::{self, LogTarget},
     judge::Judge,
     loader,
     observer::{self, ReaderStats},
-    output::JsonLines,
+    output::{self, JsonLines},
     policy::{self, PolicySet, SessionContext},
     referrals::{Grant, Referrals},
-    sessions::{Ended, NewSession, Registry, Session},
+    sessions::{Action, Ended, NewSession, Registry, Session},
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,7 +365,12 @@ async fn expire_sessions(shared: Arc<Shared>) {
         let now = std::time::SystemTime::now();
         let ended = shared.referrals.lock().unwrap().expire(now);
         for g in ended {
-            shared.enforcer.lock().unwrap().revoke(g.session, g.id);
+            let chain = shared.registry.lock().unwrap().chain(g.session);
+            let mut enforcer = shared.enforcer.lock().unwrap();
+            for s in chain {
+                enforcer.revoke(s, g.id);
+            }
+            drop(enforcer);
             log::info!(
                 "grant {} of session {} expired: referral {} is refused again",
                 g.id,
@@ -437,28 +444,28 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
     let mut registry = shared.registry.lock().unwrap();
     let mut compiled = Vec::new();
     for s in registry.iter() {
-        let c = policy::compile_session(&set, &s.ctx)
-            .with_context(|| format!("session {} (profile {})", s.id, s.ctx.profile))?;
-        compiled.push((s.id, c));
+        let what = || format!("session {} (profile {})", s.id, s.ctx.profile);
+        let c = policy::compile_session(&set, &s.ctx).with_context(what)?;
+        let tools = policy::compile_tools(&set, &s.ctx).with_context(what)?;
+        compiled.push((s.id, s.spec.parent, c, tools));
     }
     let mut enforcer = shared.enforcer.lock().unwrap();
-    let referrals = shared.referrals.lock().unwrap();
-    for (id, c) in &compiled {
+    for (id, parent, c, tools) in &compiled {
+        let tools: Vec<(&str, &KernelRuleset)> =
+            tools.iter().map(|(n, t)| (n.as_str(), &t.kernel)).collect();
         enforcer
-            .install(*id, &c.kernel)
+            .install(*id, &c.kernel, &tools, *parent)
             .with_context(|| format!("session {id}: installing its rules"))?;
-        for g in referrals.grants_of(*id) {
-            enforcer
-                .grant(*id, g.id, &c.grant(&g.target, g.access, g.rule()))
-                .with_context(|| format!("session {id}: re-installing grant {}", g.id))?;
-        }
     }
-    drop(referrals);
     let old = engine.policy().clone();
-    let mut compiled: std::collections::HashMap<SessionId, _> = compiled.into_iter().collect();
+    let mut compiled: std::collections::HashMap<SessionId, _> = compiled
+        .into_iter()
+        .map(|(id, _, c, t)| (id, (c, t)))
+        .collect();
     for s in registry.iter_mut() {
-        if let Some(c) = compiled.remove(&s.id) {
+        if let Some((c, t)) = compiled.remove(&s.id) {
             s.compiled = c;
+            s.tools = t;
         }
         s.history = s.history.carry_over(&old, &set);
         let labels = s.history.labels();
@@ -466,6 +473,12 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
             log::error!("session {}: labels after reload: {e}", s.id);
         }
     }
+    let referrals = shared.referrals.lock().unwrap();
+    for g in referrals.grants() {
+        install_grant(&registry, &mut enforcer, g)
+            .with_context(|| format!("session {}: re-installing grant {}", g.session, g.id))?;
+    }
+    drop(referrals);
     let n = registry.len();
     *engine = Arc::new(Engine::new(set));
     *shared.policy_hash.write().unwrap() = policy_hash(&shared.policy_paths);
@@ -558,13 +571,27 @@ async fn handle_connection(stream: UnixStream, shared: &Shared) -> anyhow::Resul
 }
 
 fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body {
-    // A process inside a session must not steer its own guard.
-    if let Some(session) = shared.session_of(peer.pid) {
+    // A process inside a session must not steer its own guard. It may only
+    // narrow itself: open a delegated session, or declare a tool call.
+    if let Some(session) = shared.session_of(peer.pid)
+        && !matches!(
+            req.body,
+            Some(
+                request::Body::OpenSession(_)
+                    | request::Body::ActionBegin(_)
+                    | request::Body::ActionEnd(_)
+            )
+        )
+    {
         return response::Body::Error(format!(
             "refused: the caller (pid {}) is inside session {session}",
             peer.pid
         ));
     }
+    let done = |r: anyhow::Result<()>| match r {
+        Ok(()) => response::Body::Done(control::Done {}),
+        Err(e) => response::Body::Error(format!("{e:#}")),
+    };
     match req.body {
         Some(request::Body::OpenSession(open)) => match open_session(open, peer, shared) {
             Ok(id) => response::Body::SessionOpened(control::SessionOpened { id }),
@@ -580,13 +607,16 @@ fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body 
                 .map(session_info)
                 .collect(),
         }),
-        Some(request::Body::EndSession(end)) => match end_session(end.id, peer, shared) {
-            Ok(()) => response::Body::Done(control::Done {}),
+        Some(request::Body::EndSession(end)) => done(end_session(end.id, peer, shared)),
+        Some(request::Body::ListReferrals(_)) => response::Body::Referrals(list_referrals(shared)),
+        Some(request::Body::AnswerReferral(a)) => done(answer_referral(a, peer, shared)),
+        Some(request::Body::ActionBegin(a)) => match begin_action(a, peer, shared) {
+            Ok(id) => response::Body::ActionStarted(control::ActionStarted { id }),
             Err(e) => response::Body::Error(format!("{e:#}")),
         },
-        Some(request::Body::ListReferrals(_)) => response::Body::Referrals(list_referrals(shared)),
-        Some(request::Body::AnswerReferral(a)) => match answer_referral(a, peer, shared) {
-            Ok(()) => response::Body::Done(control::Done {}),
+        Some(request::Body::ActionEnd(a)) => done(end_action(a.id, peer, shared)),
+        Some(request::Body::ShowSession(show)) => match show_session(show.id, shared) {
+            Ok(d) => response::Body::SessionDetail(d),
             Err(e) => response::Body::Error(format!("{e:#}")),
         },
         None => response::Body::Error("malformed request: empty".into()),
@@ -630,10 +660,17 @@ fn open_session(
     }
     let (start_ns, ppid) = proc_start(peer.pid)?;
     let requested_ttl = (open.ttl_secs > 0).then(|| Duration::from_secs(open.ttl_secs));
-    let principal = if open.principal.is_empty() {
-        user_name(peer.uid)
-    } else {
-        open.principal
+    // Opened from inside a session: a delegated session, judged by its own
+    // scope and by every session it was delegated from.
+    let delegation = match shared.session_of(peer.pid) {
+        None => None,
+        Some(p) => Some(delegating(p, &shared.registry.lock().unwrap())?),
+    };
+    let principal = match &delegation {
+        // The human stays the one the delegating session acts for.
+        Some(d) => d.principal.clone(),
+        None if open.principal.is_empty() => user_name(peer.uid),
+        None => open.principal,
     };
     // The rules go into the kernel before the pid is tagged: the session's
     // first call is already judged by them.
@@ -652,10 +689,11 @@ fn open_session(
     };
     // The session lives as long as asked, and never longer than its profile
     // allows.
-    let ttl = match (requested_ttl, profile.ttl) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let parent_left = delegation.as_ref().and_then(|d| d.left);
+    let ttl = [requested_ttl, profile.ttl, parent_left]
+        .into_iter()
+        .flatten()
+        .min();
     let mut homes: Vec<PathBuf> = Vec::new();
     if !open.home.is_empty() {
         homes.push(PathBuf::from(&open.home));
@@ -676,13 +714,18 @@ fn open_session(
     .with_context(|| format!("workspace {:?}", open.workspace))?;
     let compiled = policy::compile_session(set, &ctx)
         .with_context(|| format!("compiling profile {:?}", open.profile))?;
+    let tools = policy::compile_tools(set, &ctx)
+        .with_context(|| format!("compiling the tools of profile {:?}", open.profile))?;
+    let parent = delegation.as_ref().map_or(0, |d| d.id);
     let mut registry = shared.registry.lock().unwrap();
     let id = registry.next_id();
+    let kernel_tools: Vec<(&str, &KernelRuleset)> =
+        tools.iter().map(|(n, c)| (n.as_str(), &c.kernel)).collect();
     shared
         .enforcer
         .lock()
         .unwrap()
-        .install(id, &compiled.kernel)
+        .install(id, &compiled.kernel, &kernel_tools, parent)
         .context("installing the session's rules in the kernel")?;
     let session = registry.open(
         NewSession {
@@ -696,9 +739,11 @@ fn open_session(
             ttl,
             agent_sha256: file_sha256(&open.program),
             agent_exe: open.program,
+            parent,
         },
         ctx,
         compiled,
+        tools,
     );
     debug_assert_eq!(session.id, id);
     let tag = ProcTag {
@@ -713,14 +758,166 @@ fn open_session(
         bail!("cannot tag pid {}: {e}", peer.pid);
     }
     log::info!(
-        "session {id} opened for pid {} (uid {}): {:?}",
+        "session {id} opened for pid {} (uid {}){}: {:?}",
         peer.pid,
         peer.uid,
+        if parent != 0 {
+            format!(" from inside session {parent}")
+        } else {
+            String::new()
+        },
         registry.get(id).map(|s| &s.spec.intent)
     );
     Ok(id)
 }
 
+/// The session a new one is delegated from, as far as the new one is
+/// concerned.
+struct Delegation {
+    id: SessionId,
+    principal: String,
+    /// What is left of its lifetime: the new session's is no longer.
+    left: Option<Duration>,
+}
+
+fn delegating(id: SessionId, registry: &Registry) -> anyhow::Result<Delegation> {
+    let s = registry
+        .get(id)
+        .with_context(|| format!("the caller's session {id} is not known"))?;
+    if s.ended.is_some() {
+        bail!("session {id} has ended: it cannot open sessions");
+    }
+    let depth = registry.chain(id).len();
+    if depth >= MAX_CHAIN {
+        bail!(
+            "session {id} is already {depth} sessions deep in delegation; at most {MAX_CHAIN} \
+             sessions judge a call"
+        );
+    }
+    let now = std::time::SystemTime::now();
+    Ok(Delegation {
+        id,
+        principal: s.spec.principal.clone(),
+        left: s
+            .expires
+            .map(|e| e.duration_since(now).unwrap_or(Duration::from_secs(1))),
+    })
+}
+
+/// Installs a grant in the session that asked and in the sessions it was
+/// delegated from: each of them judges the call, so each must let it
+/// through — for this one target, for the grant's time.
+fn install_grant(
+    registry: &Registry,
+    enforcer: &mut Enforcer,
+    g: &Grant,
+) -> anyhow::Result<()> {
+    for id in registry.chain(g.session) {
+        let Some(s) = registry.get(id) else {
+            continue;
+        };
+        enforcer.grant(id, g.id, &s.grant_rules(&g.target, g.access, g.rule()))?;
+    }
+    Ok(())
+}
+
+/// A tool call begins, declared by the agent runtime inside the session:
+/// the session's calls are attributed to it and, when the profile declares
+/// a scope for the tool, must be inside that scope too (the kernel judges
+/// them by both from now on).
+fn begin_action(a: control::ActionBegin, peer: &Peer, shared: &Shared) -> anyhow::Result<u64> {
+    let Some(id) = shared.session_of(peer.pid) else {
+        bail!(
+            "action messages come from the agent runtime inside its session (the caller, pid {}, \
+             is in none): run `agentgate action begin` under `agentgate exec`",
+            peer.pid
+        );
+    };
+    if a.tool.is_empty() || !policy::valid_name(&a.tool) {
+        bail!(
+            "bad tool name {:?} (letters, digits, `-`, `_` and `.`)",
+            a.tool
+        );
+    }
+    let mut registry = shared.registry.lock().unwrap();
+    let s = registry
+        .get_mut(id)
+        .with_context(|| format!("session {id} is not known"))?;
+    if let Some(open) = &s.action {
+        bail!(
+            "tool call {} ({}) of session {id} is still open: end it first",
+            open.id,
+            open.tool
+        );
+    }
+    let scoped = s.tools.iter().any(|(n, _)| *n == a.tool);
+    shared
+        .enforcer
+        .lock()
+        .unwrap()
+        .set_tool(id, scoped.then_some(a.tool.as_str()))
+        .context("putting the tool's scope in force")?;
+    let action = Action {
+        id: NEXT_ACTION.fetch_add(1, Ordering::Relaxed),
+        tool: a.tool,
+        params: a.params,
+        rationale: a.rationale,
+        started_ns: output::boot_ns(),
+    };
+    log::info!(
+        "session {id}: tool call {} begins: {} {} ({}){}",
+        action.id,
+        action.tool,
+        action.params,
+        action.rationale,
+        if scoped {
+            ""
+        } else {
+            "; the profile declares no scope for this tool: attributed, not narrowed"
+        }
+    );
+    let aid = action.id;
+    s.action = Some(action);
+    Ok(aid)
+}
+
+static NEXT_ACTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn end_action(action: u64, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
+    let Some(id) = shared.session_of(peer.pid) else {
+        bail!(
+            "action messages come from the agent runtime inside its session (the caller, pid {}, \
+             is in none)",
+            peer.pid
+        );
+    };
+    let mut registry = shared.registry.lock().unwrap();
+    let s = registry
+        .get_mut(id)
+        .with_context(|| format!("session {id} is not known"))?;
+    match &s.action {
+        Some(a) if a.id == action => {}
+        Some(a) => bail!(
+            "tool call {action} is not the one in progress in session {id} ({} is)",
+            a.id
+        ),
+        None => bail!("session {id} has no tool call in progress"),
+    }
+    shared
+        .enforcer
+        .lock()
+        .unwrap()
+        .set_tool(id, None)
+        .context("taking the tool's scope out")?;
+    let a = s.action.take().expect("checked above");
+    log::info!("session {id}: tool call {} ({}) ends", a.id, a.tool);
+    s.last_action = Some((a, output::boot_ns()));
+    Ok(())
+}
+
+/// Ends a session and every session opened from it. Their processes go
+/// back to the session this one was opened from, if any; else they are
+/// untagged.
 fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
     let mut registry = shared.registry.lock().unwrap();
     let session = registry
@@ -732,21 +929,40 @@ fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()
             session.spec.uid
         );
     }
+    let parent = Some(session.spec.parent).filter(|p| registry.get(*p).is_some());
+    let mut ending = registry.descendants(id);
+    ending.push(id);
     let mut tags = shared.tags.lock().unwrap();
-    let pids: Vec<u32> = tags
+    let pids: Vec<(u32, ProcTag)> = tags
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, t)| t.session == id)
-        .map(|(p, _)| p)
+        .filter(|(_, t)| ending.contains(&t.session))
         .collect();
-    for pid in pids {
-        let _ = tags.remove(&pid);
+    for (pid, tag) in pids {
+        let _ = match parent {
+            Some(p) => tags.insert(pid, ProcTag { session: p, ..tag }, 0),
+            None => tags.remove(&pid),
+        };
     }
     drop(tags);
-    shared.enforcer.lock().unwrap().remove(id);
-    shared.referrals.lock().unwrap().forget_session(id);
-    registry.remove(id);
-    log::info!("session {id} ended by uid {}", peer.uid);
+    for s in &ending {
+        shared.enforcer.lock().unwrap().remove(*s);
+        shared.referrals.lock().unwrap().forget_session(*s);
+        registry.remove(*s);
+    }
+    log::info!(
+        "session {id} ended by uid {}{}{}",
+        peer.uid,
+        if ending.len() > 1 {
+            format!(" with the {} session(s) opened from it", ending.len() - 1)
+        } else {
+            String::new()
+        },
+        match parent {
+            Some(p) => format!("; its processes are back in session {p}"),
+            None => String::new(),
+        }
+    );
     Ok(())
 }
 
@@ -804,12 +1020,8 @@ fn answer_referral(a: control::AnswerReferral, peer: &Peer, shared: &Shared) -> 
         log::info!("referral {} rejected by uid {}", a.id, peer.uid);
         return Ok(());
     };
-    let rules = session.compiled.grant(&g.target, g.access, g.rule());
-    shared
-        .enforcer
-        .lock()
-        .unwrap()
-        .grant(g.session, g.id, &rules)
+    let _ = session;
+    install_grant(&registry, &mut shared.enforcer.lock().unwrap(), &g)
         .context("installing the grant in the kernel")?;
     log::warn!(
         "referral {} approved by uid {} for {}s{}: grant {} for session {}",
@@ -861,7 +1073,67 @@ fn session_info(s: &Session) -> control::SessionInfo {
         created_unix: unix_secs(s.created),
         expires_unix: s.expires.map(unix_secs).unwrap_or(0),
         command: spec.command,
+        parent: spec.parent,
     }
+}
+
+fn show_session(id: SessionId, shared: &Shared) -> anyhow::Result<control::SessionDetail> {
+    let engine = shared.engine.read().unwrap().clone();
+    let registry = shared.registry.lock().unwrap();
+    let s = registry
+        .get(id)
+        .with_context(|| format!("no session {id}"))?;
+    let labels = shared.enforcer.lock().unwrap().labels(id) | s.history.labels();
+    let mut pids: Vec<u32> = shared
+        .tags
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(pid, t)| t.session == id && std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .map(|(pid, _)| pid)
+        .collect();
+    pids.sort_unstable();
+    let pending = shared
+        .referrals
+        .lock()
+        .unwrap()
+        .all()
+        .filter(|r| r.session == id && r.state == crate::referrals::State::Pending)
+        .count();
+    let action = s.action.clone();
+    Ok(control::SessionDetail {
+        info: Some(session_info(s)),
+        intent_tags: s.ctx.intent_tags.clone(),
+        agent_exe: s.spec.agent_exe.clone(),
+        agent_sha256: s.spec.agent_sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        chain: registry.chain(id),
+        children: registry
+            .iter()
+            .filter(|c| c.spec.parent == id)
+            .map(|c| c.id)
+            .collect(),
+        pids,
+        labels: engine
+            .policy()
+            .labels()
+            .names(labels)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        drift_score: s.drift.score(),
+        ended: match s.ended {
+            Some(Ended::Expired) => "expired".into(),
+            Some(Ended::Drifted) => "drifted".into(),
+            None => String::new(),
+        },
+        action_id: action.as_ref().map_or(0, |a| a.id),
+        action_tool: action.as_ref().map(|a| a.tool.clone()).unwrap_or_default(),
+        action_params: action.as_ref().map(|a| a.params.clone()).unwrap_or_default(),
+        action_rationale: action.map(|a| a.rationale).unwrap_or_default(),
+        tools: s.tools.iter().map(|(n, _)| n.clone()).collect(),
+        pending_referrals: pending as u32,
+    })
 }
 
 fn status(shared: &Shared) -> control::Status {

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use agent_common::{
-    EnforceConfig, NetRuleKey, PathRuleKey, RuleEntry, SESSION_EXPIRED, SESSION_EXPIRED_KILL,
-    SessionId, SessionPolicy,
+    EnforceConfig, Layer, NetRuleKey, PathRuleKey, RuleEntry, SESSION_EXPIRED,
+    SESSION_EXPIRED_KILL, SessionId, SessionPolicy,
 };
 use aya::{
     Ebpf,
@@ -21,6 +21,8 @@ pub enum EnforceError {
     Map { map: &'static str, source: MapError },
     #[error("no ruleset installed for session {0}")]
     NoSession(SessionId),
+    #[error("session {0} has no tool {1}")]
+    NoTool(SessionId, String),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EnforceError {
@@ -38,16 +40,25 @@ pub struct KernelRuleset {
     pub suffix: Vec<(u32, PathRuleKey, RuleEntry)>,
     /// `NET_RULES`.
     pub net: Vec<(u32, NetRuleKey, RuleEntry)>,
-    /// Defaults per access (its `ruleset` and `flags` are the enforcer's).
-    pub session: SessionPolicy,
+    /// Defaults per access (its `ruleset` is the enforcer's).
+    pub layer: Layer,
 }
 
 /// Keys of one installed ruleset, to take it out again.
-struct Installed {
-    ruleset: u32,
+struct InstalledRuleset {
+    layer: Layer,
     path: Vec<Key<PathRuleKey>>,
     suffix: Vec<Key<PathRuleKey>>,
     net: Vec<Key<NetRuleKey>>,
+}
+
+/// A session's rulesets in the kernel: its rules, and one per tool of its
+/// profile (a tool call points the session's tool layer at one of them).
+struct Installed {
+    rules: InstalledRuleset,
+    tools: HashMap<String, InstalledRuleset>,
+    /// The tool call in progress.
+    active_tool: Option<String>,
     /// Grant id → the entries it put in, with what each one replaced.
     grants: HashMap<u64, GrantEntries>,
 }
@@ -100,48 +111,87 @@ impl Enforcer {
         self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
     }
 
-    /// Puts `rules` in force for `session`, replacing what it had. The new
-    /// entries go in under a fresh ruleset id before the session is pointed
-    /// at them, and the old ones come out after: a call is judged by one
-    /// whole ruleset or the other, never a mix.
+    /// Puts `rules` (and a ruleset per tool) in force for `session`, opened
+    /// from `parent` (0: none), replacing what it had. The new entries go in
+    /// under fresh ruleset ids before the session is pointed at them, and
+    /// the old ones come out after: a call is judged by one whole ruleset or
+    /// the other, never a mix.
     pub fn install(
         &mut self,
         session: SessionId,
         rules: &KernelRuleset,
+        tools: &[(&str, &KernelRuleset)],
+        parent: SessionId,
     ) -> Result<(), EnforceError> {
-        let ruleset = self.next_ruleset;
-        self.next_ruleset = self.next_ruleset.wrapping_add(1).max(1);
         let mut added = Installed {
-            ruleset,
-            path: Vec::new(),
-            suffix: Vec::new(),
-            net: Vec::new(),
+            rules: self.insert_ruleset(rules)?,
+            tools: HashMap::new(),
+            active_tool: None,
             grants: HashMap::new(),
         };
-        let result = self.insert_all(ruleset, rules, &mut added);
-        if let Err(e) = result {
-            self.remove_keys(&added);
-            return Err(e);
+        for (name, t) in tools {
+            match self.insert_ruleset(t) {
+                Ok(r) => {
+                    added.tools.insert((*name).to_owned(), r);
+                }
+                Err(e) => {
+                    self.remove_installed(&added);
+                    return Err(e);
+                }
+            }
         }
-        let mut policy = rules.session;
-        policy.ruleset = ruleset;
+        let old = self.installed.get(&session);
+        // A tool call in progress carries over to the new rules.
+        added.active_tool = old
+            .and_then(|o| o.active_tool.clone())
+            .filter(|t| added.tools.contains_key(t));
         let flags = self.policy.get(&session, 0).map(|p| p.flags).unwrap_or(0);
-        policy.flags |= flags;
+        let policy = SessionPolicy {
+            rules: added.rules.layer,
+            tool: added
+                .active_tool
+                .as_ref()
+                .and_then(|t| added.tools.get(t))
+                .map_or(Layer::default(), |t| t.layer),
+            flags,
+            _pad: 0,
+            parent,
+        };
         if let Err(e) = self.policy.insert(session, policy, 0) {
-            self.remove_keys(&added);
+            self.remove_installed(&added);
             return Err(map_err("SESSION_POLICY")(e));
         }
         if let Some(old) = self.installed.insert(session, added) {
-            self.remove_keys(&old);
+            self.remove_installed(&old);
         }
         Ok(())
+    }
+
+    /// Inserts one ruleset's entries under a fresh ruleset id.
+    fn insert_ruleset(&mut self, rules: &KernelRuleset) -> Result<InstalledRuleset, EnforceError> {
+        let ruleset = self.next_ruleset;
+        self.next_ruleset = self.next_ruleset.wrapping_add(1).max(1);
+        let mut added = InstalledRuleset {
+            layer: Layer {
+                ruleset,
+                ..rules.layer
+            },
+            path: Vec::new(),
+            suffix: Vec::new(),
+            net: Vec::new(),
+        };
+        if let Err(e) = self.insert_all(ruleset, rules, &mut added) {
+            self.remove_keys(&added);
+            return Err(e);
+        }
+        Ok(added)
     }
 
     fn insert_all(
         &mut self,
         ruleset: u32,
         rules: &KernelRuleset,
-        added: &mut Installed,
+        added: &mut InstalledRuleset,
     ) -> Result<(), EnforceError> {
         for (bits, key, entry) in &rules.path {
             let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
@@ -167,9 +217,8 @@ impl Enforcer {
         Ok(())
     }
 
-    fn remove_keys(&mut self, keys: &Installed) {
-        debug_assert!(keys.ruleset != 0);
-        for g in keys.grants.values() {
+    fn remove_installed(&mut self, i: &Installed) {
+        for g in i.grants.values() {
             for (k, _) in &g.path {
                 let _ = self.path.remove(k);
             }
@@ -177,6 +226,14 @@ impl Enforcer {
                 let _ = self.net.remove(k);
             }
         }
+        self.remove_keys(&i.rules);
+        for t in i.tools.values() {
+            self.remove_keys(t);
+        }
+    }
+
+    fn remove_keys(&mut self, keys: &InstalledRuleset) {
+        debug_assert!(keys.layer.ruleset != 0);
         for k in &keys.path {
             let _ = self.path.remove(k);
         }
@@ -188,38 +245,76 @@ impl Enforcer {
         }
     }
 
-    /// Adds a just-in-time grant's entries to the session's ruleset; what
-    /// they replace comes back when the grant is revoked.
+    /// Points the session's tool layer at `tool`'s ruleset (`None`: no tool
+    /// call, the session's rules alone).
+    pub fn set_tool(&mut self, session: SessionId, tool: Option<&str>) -> Result<(), EnforceError> {
+        let installed = self
+            .installed
+            .get_mut(&session)
+            .ok_or(EnforceError::NoSession(session))?;
+        let layer = match tool {
+            None => Layer::default(),
+            Some(t) => {
+                installed
+                    .tools
+                    .get(t)
+                    .ok_or_else(|| EnforceError::NoTool(session, t.to_owned()))?
+                    .layer
+            }
+        };
+        let mut p = self
+            .policy
+            .get(&session, 0)
+            .map_err(|_| EnforceError::NoSession(session))?;
+        p.tool = layer;
+        self.policy
+            .insert(session, p, 0)
+            .map_err(map_err("SESSION_POLICY"))?;
+        installed.active_tool = tool.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Adds a just-in-time grant's entries to the session's rulesets (its
+    /// rules: `None`, and its tools by name); what they replace comes back
+    /// when the grant is revoked.
     pub fn grant(
         &mut self,
         session: SessionId,
         grant: u64,
-        rules: &KernelRuleset,
+        rules: &[(Option<&str>, KernelRuleset)],
     ) -> Result<(), EnforceError> {
         let installed = self
             .installed
             .get_mut(&session)
             .ok_or(EnforceError::NoSession(session))?;
-        let ruleset = installed.ruleset;
         let mut entries = GrantEntries::default();
-        // An LPM look-up returns the longest match, not the entry at this
-        // exact key: restoring that value here later answers every look-up
-        // as before, whether or not an entry was here.
-        for (bits, key, entry) in &rules.path {
-            let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
-            let before = self.path.get(&key, 0).ok();
-            self.path
-                .insert(&key, entry, 0)
-                .map_err(map_err("PATH_RULES"))?;
-            entries.path.push((key, before));
-        }
-        for (bits, key, entry) in &rules.net {
-            let key = Key::new(*bits, NetRuleKey { ruleset, ..*key });
-            let before = self.net.get(&key, 0).ok();
-            self.net
-                .insert(&key, entry, 0)
-                .map_err(map_err("NET_RULES"))?;
-            entries.net.push((key, before));
+        for (tool, rules) in rules {
+            let ruleset = match tool {
+                None => installed.rules.layer.ruleset,
+                Some(t) => match installed.tools.get(*t) {
+                    Some(r) => r.layer.ruleset,
+                    None => continue,
+                },
+            };
+            // An LPM look-up returns the longest match, not the entry at
+            // this exact key: restoring that value here later answers every
+            // look-up as before, whether or not an entry was here.
+            for (bits, key, entry) in &rules.path {
+                let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
+                let before = self.path.get(&key, 0).ok();
+                self.path
+                    .insert(&key, entry, 0)
+                    .map_err(map_err("PATH_RULES"))?;
+                entries.path.push((key, before));
+            }
+            for (bits, key, entry) in &rules.net {
+                let key = Key::new(*bits, NetRuleKey { ruleset, ..*key });
+                let before = self.net.get(&key, 0).ok();
+                self.net
+                    .insert(&key, entry, 0)
+                    .map_err(map_err("NET_RULES"))?;
+                entries.net.push((key, before));
+            }
         }
         installed.grants.insert(grant, entries);
         Ok(())
@@ -252,8 +347,8 @@ impl Enforcer {
     pub fn remove(&mut self, session: SessionId) {
         let _ = self.policy.remove(&session);
         let _ = self.labels.remove(&session);
-        if let Some(keys) = self.installed.remove(&session) {
-            self.remove_keys(&keys);
+        if let Some(i) = self.installed.remove(&session) {
+            self.remove_installed(&i);
         }
     }
 

@@ -25,7 +25,7 @@ use crate::{
     output::{self, JsonLines},
     policy::{GrantTarget, Subject},
     referrals::{Referral, State},
-    sessions::{Ended, Session},
+    sessions::{Ended, Registry, Session},
 };
 
 /// A decision, in the terms every output shares.
@@ -36,16 +36,19 @@ struct Judged {
     reason: String,
     /// What the daemon did beyond the kernel.
     reaction: &'static str,
+    /// The agent runtime's tool call the call was made in.
+    tool_call: Option<output::ToolCall>,
 }
 
 impl Judged {
-    fn of(d: &Decision, reaction: &'static str) -> Self {
+    fn of(d: &Decision, reaction: &'static str, tool_call: Option<output::ToolCall>) -> Self {
         Judged {
             verdict: d.verdict,
             outcome: d.outcome,
             rule: d.rule_name().to_owned(),
             reason: d.reason().to_owned(),
             reaction,
+            tool_call,
         }
     }
 
@@ -57,6 +60,7 @@ impl Judged {
             reason: self.reason.clone(),
             reaction: self.reaction,
             receipt,
+            tool_call: self.tool_call.clone(),
         }
     }
 }
@@ -107,6 +111,7 @@ impl<W: std::io::Write> Judge<W> {
                     reason: "a process in a session may not signal, trace or reprogram agentgate"
                         .into(),
                     reaction: "none",
+                    tool_call: None,
                 });
             }
             // open("") names no file and fails with ENOENT: nothing to judge.
@@ -115,15 +120,47 @@ impl<W: std::io::Write> Judge<W> {
         }
         let engine = self.shared.engine.read().unwrap().clone();
         let mut registry = self.shared.registry.lock().unwrap();
-        let session = registry.get_mut(ev.session)?;
-        // Labels the kernel set on its own since the last event.
-        let kernel_labels = self.shared.enforcer.lock().unwrap().labels(ev.session);
-        session.history.add_labels(kernel_labels);
-        if let Some(why) = session.ended {
-            drop(registry);
-            return Some(self.ended(ev, why));
+        // The session, then each one it was delegated from: every one of
+        // them judges the call, as in the kernel.
+        let chain = registry.chain(ev.session);
+        if chain.is_empty() {
+            return None;
         }
-        let mut d = engine.decide(ev, &session.ctx, &session.history);
+        // Labels the kernel set on its own since the last event.
+        let kernel_labels: Vec<u64> = {
+            let enforcer = self.shared.enforcer.lock().unwrap();
+            chain.iter().map(|id| enforcer.labels(*id)).collect()
+        };
+        let mut levels = Vec::with_capacity(chain.len());
+        let mut tool_call = None;
+        for (id, labels) in chain.iter().zip(&kernel_labels) {
+            let Some(s) = registry.get_mut(*id) else {
+                continue;
+            };
+            s.history.add_labels(*labels);
+            if let Some(why) = s.ended {
+                drop(registry);
+                return Some(self.ended(ev, why));
+            }
+            let mut d = engine.decide(ev, &s.ctx, &s.history);
+            if let Some(a) = s.action_at(ev.time_ns) {
+                if let Some(t) = engine.decide_tool(ev, &s.ctx, &a.tool) {
+                    d.narrow(t);
+                }
+                if *id == ev.session {
+                    tool_call = Some(output::ToolCall {
+                        id: a.id,
+                        tool: a.tool.clone(),
+                    });
+                }
+            }
+            levels.push((*id, d));
+        }
+        let mut d = levels[0].1.clone();
+        for (_, l) in &levels[1..] {
+            d.narrow(l.clone());
+        }
+        let blocked = d.verdict.blocks();
         let grant = (d.verdict == Verdict::Refer)
             .then(|| self.granted(ev))
             .flatten();
@@ -131,31 +168,31 @@ impl<W: std::io::Write> Judge<W> {
             d.verdict = Verdict::Allow;
             d.outcome = Outcome::ContextAllow;
         }
-        session.history.record(&d, ev.time_ns);
-        let out_of_scope = d
-            .rule
-            .as_ref()
-            .is_some_and(|r| matches!(r.origin, crate::policy::Origin::ProfileDefault { .. }));
+        let mut gained = Vec::new();
+        for ((id, mut level), kernel) in levels.into_iter().zip(&kernel_labels) {
+            if blocked {
+                level.set_labels = 0;
+            }
+            if let Some(s) = registry.get_mut(id) {
+                s.history.record(&level, ev.time_ns);
+                gained.push((id, s.history.labels() & !kernel));
+            }
+        }
+        let session = registry.get_mut(ev.session)?;
         let threshold = engine
             .policy()
             .profile(&session.ctx.profile)
             .and_then(|p| p.drift_threshold);
-        let escalate = session.drift.observe(out_of_scope, threshold);
+        let escalate = session.drift.observe(d.out_of_scope(), threshold);
         let score = session.drift.score();
-        let gained = session.history.labels() & !kernel_labels;
         drop(registry);
         if escalate {
             self.escalate(ev.session, score);
         }
-        if gained != 0
-            && let Err(e) = self
-                .shared
-                .enforcer
-                .lock()
-                .unwrap()
-                .add_labels(ev.session, gained)
-        {
-            log::error!("session {}: labels to the kernel: {e}", ev.session);
+        for (id, bits) in gained.into_iter().filter(|(_, b)| *b != 0) {
+            if let Err(e) = self.shared.enforcer.lock().unwrap().add_labels(id, bits) {
+                log::error!("session {id}: labels to the kernel: {e}");
+            }
         }
         if let Some(g) = grant {
             return Some(Judged {
@@ -164,13 +201,14 @@ impl<W: std::io::Write> Judge<W> {
                 rule: format!("grant:{g}"),
                 reason: "approved by a human, for a while (agentgate approve)".into(),
                 reaction: "none",
+                tool_call,
             });
         }
         if d.verdict == Verdict::Refer {
             self.refer(ev, &d);
         }
         let reaction = self.react(ev, &d);
-        Some(Judged::of(&d, reaction))
+        Some(Judged::of(&d, reaction, tool_call))
     }
 
     /// A session past its profile's drift threshold is ended: from its next
@@ -264,6 +302,7 @@ impl<W: std::io::Write> Judge<W> {
             rule: rule.into(),
             reason: reason.into(),
             reaction,
+            tool_call: None,
         }
     }
 
@@ -301,7 +340,9 @@ impl<W: std::io::Write> Judge<W> {
     /// The receipt's content: who, what, and the decision.
     fn record(&self, ev: &Event, j: &Judged) -> audit::Record {
         let registry = self.shared.registry.lock().unwrap();
-        let session = registry.get(ev.session).map(receipt_session);
+        let session = registry
+            .get(ev.session)
+            .map(|s| receipt_session(s, &registry));
         drop(registry);
         let p = &ev.process;
         let (kind, argv) = match &ev.target {
@@ -330,6 +371,12 @@ impl<W: std::io::Write> Judge<W> {
             action: audit::Action {
                 kind: kind as i32,
                 target: output::target_string(&ev.target),
+                tool_call: j.tool_call.as_ref().map_or(0, |t| t.id),
+                tool: j
+                    .tool_call
+                    .as_ref()
+                    .map(|t| t.tool.clone())
+                    .unwrap_or_default(),
             },
             decision: audit::Decision {
                 verdict: receipt_verdict(j.verdict) as i32,
@@ -342,11 +389,24 @@ impl<W: std::io::Write> Judge<W> {
     }
 }
 
-fn receipt_session(s: &Session) -> audit::Session {
-    let agent_name = std::path::Path::new(&s.spec.agent_exe)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+/// The session as a receipt names it. The delegation chain runs from the
+/// human through each agent that opened a session down to this one.
+fn receipt_session(s: &Session, registry: &Registry) -> audit::Session {
+    let agent_name = |s: &Session| {
+        std::path::Path::new(&s.spec.agent_exe)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut delegation = vec![s.spec.principal.clone()];
+    delegation.extend(
+        registry
+            .chain(s.id)
+            .iter()
+            .rev()
+            .filter_map(|id| registry.get(*id))
+            .map(agent_name),
+    );
     audit::Session {
         id: s.id,
         principal: s.spec.principal.clone(),
@@ -355,7 +415,7 @@ fn receipt_session(s: &Session) -> audit::Session {
             sha256: s.spec.agent_sha256.clone(),
         }),
         intent: s.spec.intent.clone(),
-        delegation: vec![s.spec.principal.clone(), agent_name],
+        delegation,
         profile: s.spec.profile.clone(),
     }
 }

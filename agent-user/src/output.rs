@@ -23,6 +23,11 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// Boot-clock nanoseconds now: the clock of event times.
+pub fn boot_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
 impl Clock {
     pub fn new() -> Self {
         Self {
@@ -83,6 +88,16 @@ pub struct Verdict {
     /// Sequence number of the decision's audit receipt, once durable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<u64>,
+    /// The agent runtime's tool call the call was made in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<ToolCall>,
+}
+
+/// A tool call as event lines and receipts name it.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: u64,
+    pub tool: String,
 }
 
 pub fn kind_name(t: &Target) -> &'static str {

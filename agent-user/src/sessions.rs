@@ -7,8 +7,9 @@ use std::{
 use agent_common::SessionId;
 
 use crate::{
+    enforce::KernelRuleset,
     engine::SessionHistory,
-    policy::{Compiled, SessionContext},
+    policy::{AccessMask, Compiled, GrantTarget, RuleId, SessionContext},
 };
 
 #[derive(Debug, Clone)]
@@ -21,6 +22,13 @@ pub struct Session {
     pub ctx: SessionContext,
     /// Its rules as the kernel holds them (grants are computed from them).
     pub compiled: Compiled,
+    /// The scope of each tool of its profile, compiled the same way.
+    pub tools: Vec<(String, Compiled)>,
+    /// The tool call in progress, as the agent runtime declared it.
+    pub action: Option<Action>,
+    /// The tool call before it, and when it ended (boot-clock ns): calls
+    /// made during it may still be in the ring buffer when it ends.
+    pub last_action: Option<(Action, u64)>,
     /// What it has done so far, as far as rules care.
     pub history: SessionHistory,
     /// Why the session may do nothing more (past its TTL, drifted too
@@ -28,6 +36,61 @@ pub struct Session {
     pub ended: Option<Ended>,
     /// How far the session strays from its declared scope.
     pub drift: Drift,
+}
+
+/// A tool call of the agent runtime (`agentgate action begin`): the calls
+/// made until it ends are attributed to it and judged by its tool's scope
+/// as well as the session's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub id: u64,
+    pub tool: String,
+    /// The tool's parameters and the agent's rationale, as the runtime gave
+    /// them (for the record).
+    pub params: String,
+    pub rationale: String,
+    /// Boot-clock ns at which it began (the clock of event times).
+    pub started_ns: u64,
+}
+
+impl Session {
+    /// A grant's entries for each of the session's rulesets: its rules
+    /// (`None`) and each tool's.
+    pub fn grant_rules(
+        &self,
+        target: &GrantTarget,
+        access: AccessMask,
+        rule: RuleId,
+    ) -> Vec<(Option<&str>, KernelRuleset)> {
+        std::iter::once((None, self.compiled.grant(target, access, rule)))
+            .chain(
+                self.tools
+                    .iter()
+                    .map(|(n, c)| (Some(n.as_str()), c.grant(target, access, rule))),
+            )
+            .collect()
+    }
+
+    /// The tool rulesets, as the enforcer installs them.
+    pub fn kernel_tools(&self) -> Vec<(&str, &KernelRuleset)> {
+        self.tools
+            .iter()
+            .map(|(n, c)| (n.as_str(), &c.kernel))
+            .collect()
+    }
+
+    /// The tool call a call made at `time_ns` belongs to.
+    pub fn action_at(&self, time_ns: u64) -> Option<&Action> {
+        if let Some(a) = &self.action
+            && time_ns >= a.started_ns
+        {
+            return Some(a);
+        }
+        self.last_action
+            .as_ref()
+            .filter(|(a, ended)| (a.started_ns..*ended).contains(&time_ns))
+            .map(|(a, _)| a)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +177,9 @@ pub struct NewSession {
     /// SHA-256 of its file at that moment (empty when unreadable).
     pub agent_exe: String,
     pub agent_sha256: Vec<u8>,
+    /// The session this one was opened from (delegation; 0: none). Every
+    /// call is judged by both: the child's scope can only narrow.
+    pub parent: SessionId,
 }
 
 impl Registry {
@@ -136,7 +202,13 @@ impl Registry {
         self.next + 1
     }
 
-    pub fn open(&mut self, s: NewSession, ctx: SessionContext, compiled: Compiled) -> &Session {
+    pub fn open(
+        &mut self,
+        s: NewSession,
+        ctx: SessionContext,
+        compiled: Compiled,
+        tools: Vec<(String, Compiled)>,
+    ) -> &Session {
         self.next += 1;
         let id = self.next;
         let created = SystemTime::now();
@@ -147,6 +219,9 @@ impl Registry {
             created,
             ctx,
             compiled,
+            tools,
+            action: None,
+            last_action: None,
             history: SessionHistory::new(),
             ended: None,
             drift: Drift::default(),
@@ -164,6 +239,35 @@ impl Registry {
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Session> {
         self.sessions.values_mut()
+    }
+
+    /// `id` and the sessions it was delegated from, innermost first.
+    pub fn chain(&self, id: SessionId) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        let mut next = id;
+        while let Some(s) = self.sessions.get(&next) {
+            if out.contains(&next) {
+                break;
+            }
+            out.push(next);
+            next = s.spec.parent;
+        }
+        out
+    }
+
+    /// The sessions opened from `id`, from theirs, and so on.
+    pub fn descendants(&self, id: SessionId) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        let mut todo = vec![id];
+        while let Some(p) = todo.pop() {
+            for s in self.sessions.values() {
+                if s.spec.parent == p && !out.contains(&s.id) {
+                    out.push(s.id);
+                    todo.push(s.id);
+                }
+            }
+        }
+        out
     }
 
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
@@ -199,6 +303,7 @@ mod tests {
             ttl: Some(Duration::from_secs(60)),
             agent_exe: "/bin/sh".into(),
             agent_sha256: Vec::new(),
+            parent: 0,
         }
     }
 
@@ -253,14 +358,51 @@ mod tests {
     fn ids_are_distinct_nonzero_and_kept() {
         let mut r = Registry::new();
         let expected = r.next_id();
-        let a = r.open(new(10), ctx(), compiled()).id;
+        let a = r.open(new(10), ctx(), compiled(), vec![]).id;
         assert_eq!(a, expected);
-        let b = r.open(new(11), ctx(), compiled()).id;
+        let b = r.open(new(11), ctx(), compiled(), vec![]).id;
         assert_ne!(a, 0);
         assert_ne!(a, b);
         assert_eq!(r.get(a).unwrap().spec.pid, 10);
         assert!(r.get(a).unwrap().expires.is_some());
         assert_eq!(r.remove(b).unwrap().spec.pid, 11);
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn chains_and_descendants_follow_parents() {
+        let mut r = Registry::new();
+        let a = r.open(new(10), ctx(), compiled(), vec![]).id;
+        let b = r.open(NewSession { parent: a, ..new(11) }, ctx(), compiled(), vec![]).id;
+        let c = r.open(NewSession { parent: b, ..new(12) }, ctx(), compiled(), vec![]).id;
+        let d = r.open(new(13), ctx(), compiled(), vec![]).id;
+        assert_eq!(r.chain(c), vec![c, b, a]);
+        assert_eq!(r.chain(d), vec![d]);
+        let mut desc = r.descendants(a);
+        desc.sort();
+        assert_eq!(desc, vec![b, c]);
+        assert!(r.descendants(c).is_empty());
+    }
+
+    #[test]
+    fn calls_belong_to_the_tool_call_they_were_made_in() {
+        let mut r = Registry::new();
+        let id = r.open(new(10), ctx(), compiled(), vec![]).id;
+        let s = r.get_mut(id).unwrap();
+        let act = |id, started_ns| Action {
+            id,
+            tool: "run_tests".into(),
+            params: String::new(),
+            rationale: String::new(),
+            started_ns,
+        };
+        s.action = Some(act(1, 100));
+        assert_eq!(s.action_at(99), None);
+        assert_eq!(s.action_at(100).map(|a| a.id), Some(1));
+        s.last_action = Some((act(1, 100), 200));
+        s.action = Some(act(2, 300));
+        assert_eq!(s.action_at(150).map(|a| a.id), Some(1));
+        assert_eq!(s.action_at(250), None);
+        assert_eq!(s.action_at(300).map(|a| a.id), Some(2));
     }
 }

@@ -43,6 +43,7 @@ pub fn record(n: u64) -> Record {
         action: Action {
             kind: kind as i32,
             target,
+            ..Default::default()
         },
         decision: Decision {
             verdict: if n.is_multiple_of(5) {

@@ -154,6 +154,11 @@ pub struct Action {
     /// Path executed or opened, or the address connected to.
     #[prost(string, tag = "2")]
     pub target: String,
+    /// The agent runtime's tool call it was made in (0: none declared).
+    #[prost(uint64, tag = "3")]
+    pub tool_call: u64,
+    #[prost(string, tag = "4")]
+    pub tool: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -318,6 +323,7 @@ pub(crate) mod tests {
             action: Action {
                 kind: ActionKind::Exec as i32,
                 target: format!("/usr/bin/curl#{n}"),
+                ..Default::default()
             },
             decision: Decision {
                 verdict: Verdict::Deny as i32,

@@ -12,7 +12,9 @@ pub use history::SessionHistory;
 
 use crate::{
     events::{ConnectAddr, Event, Process, Target},
-    policy::{AccessMask, PolicySet, RuleId, RuleInfo, SessionContext, Subject, mapped, normalize},
+    policy::{
+        AccessMask, Origin, PolicySet, RuleId, RuleInfo, SessionContext, Subject, mapped, normalize,
+    },
 };
 
 /// The AARM outcome class of a decision.
@@ -97,6 +99,35 @@ impl Decision {
     /// The deciding rule's one-line reason.
     pub fn reason(&self) -> &str {
         self.rule.as_ref().map_or(self.note, |r| &r.reason)
+    }
+
+    /// Folds in the decision of another layer on the same call (a tool
+    /// call's scope, a delegating session): the stronger verdict stands,
+    /// and a call that is refused earns no labels.
+    pub fn narrow(&mut self, other: Decision) {
+        if stronger((other.verdict, other.rule_id()), (self.verdict, self.rule_id())) {
+            self.verdict = other.verdict;
+            self.outcome = other.outcome;
+            self.rule = other.rule;
+            self.note = other.note;
+        }
+        self.matched.extend(other.matched);
+        self.set_labels = if self.verdict.blocks() {
+            0
+        } else {
+            self.set_labels | other.set_labels
+        };
+    }
+
+    /// Decided by a profile's or a tool's default: the call was outside
+    /// the declared scope.
+    pub fn out_of_scope(&self) -> bool {
+        self.rule.as_ref().is_some_and(|r| {
+            matches!(
+                r.origin,
+                Origin::ProfileDefault { .. } | Origin::ToolDefault { .. }
+            )
+        })
     }
 }
 
@@ -191,6 +222,60 @@ impl Engine {
             self.judge(s, access, &ev.process, ev.time_ns, ctx, hist)
         })
         .unwrap_or_else(|note| Decision::unjudged(Verdict::Allow, note))
+    }
+
+    /// The decision of tool `tool`'s scope on the event: `None` when the
+    /// scope says nothing on what the call asks for (or the event is not
+    /// judged).
+    pub fn decide_tool(&self, ev: &Event, ctx: &SessionContext, tool: &str) -> Option<Decision> {
+        with_subject(ev, |s, access| self.judge_tool(s, access, ctx, tool))
+            .ok()
+            .flatten()
+    }
+
+    /// Inside the tool's scope: allowed; outside it, on an access the
+    /// scope speaks for: the profile's default.
+    pub fn judge_tool(
+        &self,
+        subject: &Subject<'_>,
+        access: AccessMask,
+        ctx: &SessionContext,
+        tool: &str,
+    ) -> Option<Decision> {
+        let profile = self.set.profile(&ctx.profile)?;
+        let t = profile.tool(tool)?;
+        let mut matched = Vec::new();
+        for rule in self.set.rules_of(subject.kind()) {
+            let acc = AccessMask(rule.target.access().0 & access.0 & t.access.0);
+            if acc.0 != 0 && rule.in_tool(ctx, tool) && rule.target.matches(subject, ctx) {
+                matched.push(Matched {
+                    rule: rule.id(),
+                    verdict: rule.action(),
+                    access: acc,
+                });
+            }
+        }
+        let mut best: Option<(Verdict, RuleId)> = None;
+        for a in access.iter().filter(|a| t.access.has(*a)) {
+            let this = matched
+                .iter()
+                .filter(|m| m.access.has(a))
+                .map(|m| (m.verdict, m.rule))
+                .reduce(|x, y| if stronger(y, x) { y } else { x })
+                .unwrap_or((profile.default, t.default_rule));
+            if best.is_none_or(|b| stronger(this, b)) {
+                best = Some(this);
+            }
+        }
+        let (verdict, id) = best?;
+        Some(Decision {
+            verdict,
+            outcome: Outcome::of(verdict, false),
+            rule: self.set.rule_info(id).cloned(),
+            set_labels: 0,
+            matched,
+            note: "",
+        })
     }
 
     /// The decision on `subject`, asked with `access`, by `process`.

@@ -13,7 +13,7 @@ use std::{cmp::Reverse, collections::BTreeSet, net::Ipv6Addr};
 
 use agent_common::{
     ACCESS_COUNT, Access, NetRuleKey, PathRuleKey, RULE_PATH_LEN, RULE_SLOTS, RuleEntry, RuleSlot,
-    SessionPolicy, Verdict, net_prefix_bits, path_prefix_bits,
+    Layer, Verdict, net_prefix_bits, path_prefix_bits,
 };
 use ipnet::Ipv6Net;
 use thiserror::Error;
@@ -30,6 +30,8 @@ use crate::{enforce::KernelRuleset, engine::stronger};
 pub enum CompileError {
     #[error("unknown profile `{0}`")]
     UnknownProfile(String),
+    #[error("profile `{0}` declares no tool `{1}`")]
+    UnknownTool(String, String),
 }
 
 /// One session's ruleset (keys carry ruleset 0: the enforcer gives the
@@ -226,13 +228,70 @@ fn reversed_tail(path: &[u8]) -> Vec<u8> {
 }
 
 pub fn compile_session(set: &PolicySet, ctx: &SessionContext) -> Result<Compiled, CompileError> {
-    let ruleset = 0;
     let profile = set
         .profile(&ctx.profile)
         .ok_or_else(|| CompileError::UnknownProfile(ctx.profile.clone()))?;
+    let layer = Layer {
+        ruleset: 0,
+        defaults: [profile.default as u8; ACCESS_COUNT],
+        _pad: [0; 2],
+        default_rules: [profile.default_rule; ACCESS_COUNT],
+    };
+    let rules = set.rules().iter().filter(|r| r.in_session(ctx));
+    Ok(compile_rules(rules, layer, profile.default, ctx))
+}
+
+/// One tool's scope in one session, as a layer of its own: the tool's
+/// scopes allow, the profile's default refuses the rest of what the tool
+/// speaks for, and the layer has no opinion on the other accesses. Judged
+/// beside the session's rules, it can only narrow them.
+pub fn compile_tool(
+    set: &PolicySet,
+    ctx: &SessionContext,
+    tool: &str,
+) -> Result<Compiled, CompileError> {
+    let profile = set
+        .profile(&ctx.profile)
+        .ok_or_else(|| CompileError::UnknownProfile(ctx.profile.clone()))?;
+    let t = profile
+        .tool(tool)
+        .ok_or_else(|| CompileError::UnknownTool(ctx.profile.clone(), tool.to_owned()))?;
+    let mut layer = Layer::default();
+    for a in t.access.iter() {
+        layer.defaults[a as usize] = profile.default as u8;
+        layer.default_rules[a as usize] = t.default_rule;
+    }
+    let rules = set.rules().iter().filter(|r| r.in_tool(ctx, tool));
+    Ok(compile_rules(rules, layer, profile.default, ctx))
+}
+
+/// Every tool of the session's profile, compiled.
+pub fn compile_tools(
+    set: &PolicySet,
+    ctx: &SessionContext,
+) -> Result<Vec<(String, Compiled)>, CompileError> {
+    let profile = set
+        .profile(&ctx.profile)
+        .ok_or_else(|| CompileError::UnknownProfile(ctx.profile.clone()))?;
+    profile
+        .tools
+        .iter()
+        .map(|t| Ok((t.name.clone(), compile_tool(set, ctx, &t.name)?)))
+        .collect()
+}
+
+/// `rules` as one layer with `layer`'s defaults. Rules the kernel cannot
+/// run and that are weaker than `default` reach it widened to allow.
+fn compile_rules<'a>(
+    rules: impl Iterator<Item = &'a Rule>,
+    layer: Layer,
+    default: Verdict,
+    ctx: &SessionContext,
+) -> Compiled {
+    let ruleset = 0;
     let mut exact = [true; ACCESS_COUNT];
-    let mut rules = Vec::new();
-    for rule in set.rules().iter().filter(|r| r.in_session(ctx)) {
+    let mut kernel_rules = Vec::new();
+    for rule in rules {
         let access = rule.target.access();
         let slot = RuleSlot {
             require: rule.require,
@@ -243,7 +302,7 @@ pub fn compile_session(set: &PolicySet, ctx: &SessionContext) -> Result<Compiled
             _pad: [0; 3],
         };
         match exact_form(rule, ctx) {
-            Ok((keys, except)) => rules.push(KernelRule {
+            Ok((keys, except)) => kernel_rules.push(KernelRule {
                 access,
                 keys,
                 except,
@@ -253,8 +312,8 @@ pub fn compile_session(set: &PolicySet, ctx: &SessionContext) -> Result<Compiled
                 for a in access.iter() {
                     exact[a as usize] = false;
                 }
-                if rule.action() < profile.default {
-                    rules.push(KernelRule {
+                if rule.action() < default {
+                    kernel_rules.push(KernelRule {
                         access,
                         keys: widened_form(rule, ctx),
                         except: vec![],
@@ -268,18 +327,13 @@ pub fn compile_session(set: &PolicySet, ctx: &SessionContext) -> Result<Compiled
             }
         }
     }
+    let rules = kernel_rules;
     let mut out = Compiled {
         kernel: KernelRuleset {
             path: vec![],
             suffix: vec![],
             net: vec![],
-            session: SessionPolicy {
-                ruleset,
-                flags: 0,
-                defaults: [profile.default as u8; ACCESS_COUNT],
-                _pad: [0; 2],
-                default_rules: [profile.default_rule; ACCESS_COUNT],
-            },
+            layer,
         },
         exact,
     };
@@ -291,7 +345,7 @@ pub fn compile_session(set: &PolicySet, ctx: &SessionContext) -> Result<Compiled
             compile_paths(&here, access, ruleset, &mut out);
         }
     }
-    Ok(out)
+    out
 }
 
 fn compile_paths(rules: &[&KernelRule], access: Access, ruleset: u32, out: &mut Compiled) {
@@ -401,13 +455,13 @@ impl Compiled {
                 // The kernel does not judge abstract socket names.
                 Subject::Unix { path } if !path.starts_with(b"/") => return (Verdict::None, 0, 0),
                 Subject::Exec { path, .. } | Subject::Open { path } | Subject::Unix { path } => {
-                    found.extend(lpm(&k.path, k.session.ruleset, a, &key_data(path)));
+                    found.extend(lpm(&k.path, k.layer.ruleset, a, &key_data(path)));
                     let rev = key_data(&reversed_tail(path));
-                    found.extend(lpm(&k.suffix, k.session.ruleset, a, &rev));
+                    found.extend(lpm(&k.suffix, k.layer.ruleset, a, &rev));
                 }
                 Subject::Inet { ip, port } => {
                     for p in [*port, 0] {
-                        found.extend(lpm_net(&k.net, k.session.ruleset, p, *ip));
+                        found.extend(lpm_net(&k.net, k.layer.ruleset, p, *ip));
                     }
                 }
             }
@@ -421,8 +475,8 @@ impl Compiled {
                 .map(|s| (Verdict::from_u8(s.verdict), s.rule))
                 .reduce(|x, y| if stronger(y, x) { y } else { x })
                 .unwrap_or((
-                    Verdict::from_u8(k.session.defaults[a as usize]),
-                    k.session.default_rules[a as usize],
+                    Verdict::from_u8(k.layer.defaults[a as usize]),
+                    k.layer.default_rules[a as usize],
                 ));
             if best.is_none_or(|b| stronger(this, b)) {
                 best = Some(this);
@@ -501,14 +555,14 @@ impl Compiled {
                     return out;
                 }
                 for a in access.iter() {
-                    let found = lpm(&k.path, k.session.ruleset, a, &key_data(path));
+                    let found = lpm(&k.path, k.layer.ruleset, a, &key_data(path));
                     out.path
                         .push((path_prefix_bits(len), path_key(0, a, path), lift(found)));
                 }
             }
             GrantTarget::Inet { ip, port } => {
-                let found = lpm_net(&k.net, k.session.ruleset, *port, *ip)
-                    .or_else(|| lpm_net(&k.net, k.session.ruleset, 0, *ip));
+                let found = lpm_net(&k.net, k.layer.ruleset, *port, *ip)
+                    .or_else(|| lpm_net(&k.net, k.layer.ruleset, 0, *ip));
                 out.net.push((
                     net_prefix_bits(128),
                     NetRuleKey {

@@ -42,6 +42,19 @@ pub struct ProfileDoc {
     pub drift_threshold: Option<f64>,
     /// The scopes, as allow rules limited to this profile.
     pub scopes: Vec<RawRule>,
+    pub tools: Vec<ToolDoc>,
+}
+
+/// A tool's scope (`tools: {NAME: {exec, read, write, connect}}`): while the
+/// agent runtime says a call of this tool is in progress, the session's
+/// calls must be inside it as well as inside the profile's.
+pub struct ToolDoc {
+    pub name: Sp<String>,
+    /// The accesses the tool's scope speaks for; the others are left to the
+    /// profile.
+    pub access: AccessMask,
+    /// Its scopes, as allow rules limited to this profile and tool.
+    pub scopes: Vec<RawRule>,
 }
 
 /// A rule as written; names still unresolved.
@@ -59,6 +72,8 @@ pub struct RawRule {
     pub after: Option<Sp<String>>,
     pub within: Option<Duration>,
     pub set_labels: Vec<Sp<String>>,
+    /// The tool whose scope this rule is (profile scopes only).
+    pub tool: Option<String>,
     /// The match and sequence in a canonical text form: two rules with the
     /// same `canon` match the same calls.
     pub canon: String,
@@ -407,6 +422,7 @@ impl<'a> Decoder<'a> {
             after,
             within,
             set_labels,
+            tool: None,
             canon,
         })
     }
@@ -798,19 +814,82 @@ impl<'a> Decoder<'a> {
                 }
             }
         });
+        let scopes = self.scopes(&s, &name.value, None);
+        let mut tools = Vec::new();
         if let Some(t) = s.get("tools") {
-            let empty = matches!(&t.kind, NodeKind::Map(m) if m.is_empty()) || t.is_null();
-            if !empty {
-                self.err(
+            match &t.kind {
+                NodeKind::Map(entries) => {
+                    for (k, v) in entries {
+                        let Some(tool) = self.string(k, "a tool name") else {
+                            continue;
+                        };
+                        if !valid_name(&tool.value) {
+                            self.err(
+                                tool.pos,
+                                format!(
+                                    "bad tool name `{}` (letters, digits, `-`, `_` and `.`)",
+                                    tool.value
+                                ),
+                            );
+                        }
+                        let Some(f) =
+                            self.fields(v, "a tool scope", &["exec", "read", "write", "connect"])
+                        else {
+                            continue;
+                        };
+                        if matches!(&v.kind, NodeKind::Map(m) if m.is_empty()) {
+                            self.err(
+                                v.pos,
+                                format!(
+                                    "tool `{}` has an empty scope: give it exec, read, write or \
+                                     connect (an empty list there allows nothing)",
+                                    tool.value
+                                ),
+                            );
+                        }
+                        let access = f
+                            .entries
+                            .iter()
+                            .map(|(k, _)| scope_access(k))
+                            .fold(AccessMask(0), |a, b| AccessMask(a.0 | b.0));
+                        let scopes = self.scopes(&f, &name.value, Some(&tool.value));
+                        tools.push(ToolDoc {
+                            name: tool,
+                            access,
+                            scopes,
+                        });
+                    }
+                }
+                _ if t.is_null() => {}
+                _ => self.err(
                     t.pos,
-                    "per-tool scopes are not supported yet: leave `tools` empty",
-                );
+                    "tools must be a map: tool name → {exec, read, write, connect}",
+                ),
             }
         }
+        Some(ProfileDoc {
+            name,
+            description,
+            default: default?,
+            ttl,
+            drift_threshold,
+            scopes,
+            tools,
+        })
+    }
+
+    /// The `exec`, `read`, `write` and `connect` scopes in `s`, as allow
+    /// rules limited to `profile` (and `tool`). In a tool's scope an empty
+    /// list is allowed: the tool may do none of that.
+    fn scopes(&mut self, s: &Fields<'_>, profile: &str, tool: Option<&str>) -> Vec<RawRule> {
         let mut scopes = Vec::new();
-        let prof = Sp {
-            pos: name.pos,
-            value: name.value.clone(),
+        let prefix = match tool {
+            Some(t) => format!("{profile}.tool.{t}"),
+            None => profile.to_owned(),
+        };
+        let whose = match tool {
+            Some(t) => format!("tool {t} of profile {profile}"),
+            None => format!("profile {profile}"),
         };
         let mut scope = |key: &str, target: Option<TargetMatch>, pos: Pos| {
             if let Some(target) = target {
@@ -818,27 +897,32 @@ impl<'a> Decoder<'a> {
                     pos,
                     name: Sp {
                         pos,
-                        value: format!("{}.{key}", name.value),
+                        value: format!("{prefix}.{key}"),
                     },
                     reason: format!(
-                        "inside the declared {} scope of profile {}",
-                        key.split('.').next().unwrap_or(key),
-                        name.value
+                        "inside the declared {} scope of {whose}",
+                        key.split('.').next().unwrap_or(key)
                     ),
                     action: Verdict::Allow,
                     target,
                     process: ProcessMatch::default(),
-                    profiles: vec![prof.clone()],
+                    profiles: vec![Sp {
+                        pos,
+                        value: profile.to_owned(),
+                    }],
                     intent: vec![],
                     labels: vec![],
                     not_labels: vec![],
                     after: None,
                     within: None,
                     set_labels: vec![],
+                    tool: tool.map(str::to_owned),
                     canon: String::new(),
                 });
             }
         };
+        let empty_ok =
+            |n: &Node| tool.is_some() && matches!(&n.kind, NodeKind::Seq(i) if i.is_empty());
         for (key, access) in [
             ("exec", None),
             ("read", Some(AccessMask::of(Access::Read))),
@@ -848,6 +932,9 @@ impl<'a> Decoder<'a> {
             ),
         ] {
             if let Some(n) = s.get(key) {
+                if empty_ok(n) {
+                    continue;
+                }
                 let paths = self.paths_only(n, key);
                 let target = paths.map(|path| match access {
                     None => TargetMatch::Exec(ExecMatch {
@@ -876,14 +963,17 @@ impl<'a> Decoder<'a> {
                 ),
             }
         }
-        Some(ProfileDoc {
-            name,
-            description,
-            default: default?,
-            ttl,
-            drift_threshold,
-            scopes,
-        })
+        scopes
+    }
+}
+
+/// The accesses a scope key speaks for.
+fn scope_access(key: &str) -> AccessMask {
+    match key {
+        "exec" => AccessMask::of(Access::Exec),
+        "read" => AccessMask::of(Access::Read),
+        "write" => AccessMask::of(Access::Write).with(Access::Create),
+        _ => AccessMask::of(Access::ConnectInet).with(Access::ConnectUnix),
     }
 }
 

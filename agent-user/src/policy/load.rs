@@ -12,7 +12,7 @@ use agent_common::Verdict;
 use super::{
     diagnostic::{Diagnostic, Location, Pos, pos_of_offset},
     document::{Decoder, Document, RawRule, Sp, action_name},
-    set::{After, LabelMap, MAX_LABELS, Origin, PolicySet, Profile, Rule, RuleInfo},
+    set::{After, LabelMap, MAX_LABELS, Origin, PolicySet, Profile, Rule, RuleInfo, Tool},
     yaml,
 };
 
@@ -131,6 +131,8 @@ enum Entry {
     Rule(Box<RawRule>, Origin),
     Default {
         profile: String,
+        /// A tool's default (outside its scope) rather than the profile's.
+        tool: Option<String>,
         pos: Pos,
         verdict: Verdict,
     },
@@ -140,7 +142,16 @@ impl Entry {
     fn name(&self) -> String {
         match self {
             Entry::Rule(r, _) => r.name.value.clone(),
-            Entry::Default { profile, .. } => format!("{profile}.default"),
+            Entry::Default {
+                profile,
+                tool: None,
+                ..
+            } => format!("{profile}.default"),
+            Entry::Default {
+                profile,
+                tool: Some(t),
+                ..
+            } => format!("{profile}.tool.{t}.default"),
         }
     }
 
@@ -207,12 +218,44 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
                     file.clone(),
                     Entry::Default {
                         profile: p.name.value.clone(),
+                        tool: None,
                         pos: p.default.pos,
                         verdict: p.default.value,
                     },
                 ));
+                let default_rule = entries.len() as u32;
+                let mut tools = Vec::new();
+                for t in p.tools {
+                    if tools.iter().any(|q: &Tool| q.name == t.name.value) {
+                        let msg = format!("tool `{}` is already defined", t.name.value);
+                        err(&file, t.name.pos, msg);
+                        continue;
+                    }
+                    for r in t.scopes {
+                        let origin = Origin::ToolScope {
+                            profile: p.name.value.clone(),
+                            tool: t.name.value.clone(),
+                        };
+                        entries.push((file.clone(), Entry::Rule(Box::new(r), origin)));
+                    }
+                    entries.push((
+                        file.clone(),
+                        Entry::Default {
+                            profile: p.name.value.clone(),
+                            tool: Some(t.name.value.clone()),
+                            pos: t.name.pos,
+                            verdict: p.default.value,
+                        },
+                    ));
+                    tools.push(Tool {
+                        name: t.name.value,
+                        access: t.access,
+                        default_rule: entries.len() as u32,
+                    });
+                }
                 profiles.push(Profile {
-                    default_rule: entries.len() as u32,
+                    default_rule,
+                    tools,
                     at: at(&file, p.name.pos),
                     name: p.name.value,
                     description: p.description,
@@ -261,18 +304,35 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
             Entry::Rule(r, origin) => (r, origin),
             Entry::Default {
                 profile,
+                tool,
                 pos,
                 verdict,
             } => {
+                let (reason, origin) = match tool {
+                    None => (
+                        format!("outside every scope declared by profile {profile}"),
+                        Origin::ProfileDefault {
+                            profile: profile.clone(),
+                        },
+                    ),
+                    Some(t) => (
+                        format!(
+                            "during a call of tool {t}, outside the scope profile {profile} \
+                             declares for it"
+                        ),
+                        Origin::ToolDefault {
+                            profile: profile.clone(),
+                            tool: t.clone(),
+                        },
+                    ),
+                };
                 table.push(Arc::new(RuleInfo {
                     id,
                     name: e.name(),
-                    reason: format!("outside every scope declared by profile {profile}"),
+                    reason,
                     action: *verdict,
                     at: at(file, *pos),
-                    origin: Origin::ProfileDefault {
-                        profile: profile.clone(),
-                    },
+                    origin,
                 }));
                 rule_index.push(usize::MAX);
                 continue;
@@ -363,6 +423,7 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
             forbid,
             after,
             set_labels,
+            tool: r.tool.clone(),
         });
     }
     sequences_as_labels(&mut rules, &rule_index, &table, &mut labels);

@@ -16,12 +16,14 @@ mod pattern;
 mod set;
 mod yaml;
 
-pub use compile::{CompileError, Compiled, GrantTarget, compile_session, placement};
+pub use compile::{
+    CompileError, Compiled, GrantTarget, compile_session, compile_tool, compile_tools, placement,
+};
 pub use context::SessionContext;
 pub use diagnostic::{Diagnostic, Location, Pos};
-pub use document::{API_VERSION, action_name};
+pub use document::{API_VERSION, action_name, valid_name};
 pub use load::{load, load_sources};
 pub use matcher::{AccessMask, Kind, Subject, access_name};
 pub use net::mapped;
 pub use pattern::normalize;
-pub use set::{After, LabelMap, Origin, PolicySet, Profile, Rule, RuleId, RuleInfo};
+pub use set::{After, LabelMap, Origin, PolicySet, Profile, Rule, RuleId, RuleInfo, Tool};

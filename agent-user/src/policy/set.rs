@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{
     context::SessionContext,
     diagnostic::Location,
-    matcher::{Kind, ProcessMatch, TargetMatch},
+    matcher::{AccessMask, Kind, ProcessMatch, TargetMatch},
 };
 
 /// A rule's id: its 1-based position in load order (file order), which is
@@ -24,6 +24,11 @@ pub enum Origin {
     Scope { profile: String },
     /// What a profile does outside its scopes.
     ProfileDefault { profile: String },
+    /// A scope of one of a profile's tools.
+    ToolScope { profile: String, tool: String },
+    /// What a profile does, during a call of this tool, outside the tool's
+    /// scope.
+    ToolDefault { profile: String, tool: String },
 }
 
 /// What the daemon needs to explain a verdict that names this rule.
@@ -69,6 +74,8 @@ pub struct Rule {
     pub forbid: u64,
     pub after: Option<After>,
     pub set_labels: u64,
+    /// The tool whose scope this is: judged only during that tool's calls.
+    pub tool: Option<String>,
 }
 
 impl Rule {
@@ -85,10 +92,25 @@ impl Rule {
         self.require | self.forbid != 0 || self.after.is_some()
     }
 
-    /// The static part of the session filter: profile and intent.
+    /// The static part of the session filter: profile and intent. Tool
+    /// scopes are not part of the session's rules (see [`Rule::in_tool`]).
     pub fn in_session(&self, ctx: &SessionContext) -> bool {
-        (self.profiles.is_empty() || self.profiles.contains(&ctx.profile))
+        self.tool.is_none()
+            && (self.profiles.is_empty() || self.profiles.contains(&ctx.profile))
             && (self.intent.is_empty() || self.intent.iter().any(|t| ctx.intent_tags.contains(t)))
+    }
+
+    /// A scope of `tool` of the session's profile.
+    pub fn in_tool(&self, ctx: &SessionContext, tool: &str) -> bool {
+        self.tool.as_deref() == Some(tool) && self.profiles.contains(&ctx.profile)
+    }
+
+    /// Whether the rule only says what a scope lets through.
+    pub fn is_scope(&self) -> bool {
+        matches!(
+            self.info.origin,
+            Origin::Scope { .. } | Origin::ToolScope { .. }
+        )
     }
 }
 
@@ -103,6 +125,24 @@ pub struct Profile {
     pub ttl: Option<Duration>,
     pub drift_threshold: Option<f64>,
     pub at: Location,
+    /// Per-tool scopes, which narrow the profile's during a tool call.
+    pub tools: Vec<Tool>,
+}
+
+impl Profile {
+    pub fn tool(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tool {
+    pub name: String,
+    /// The accesses its scope speaks for; the others are the profile's alone.
+    pub access: AccessMask,
+    /// The rule id that reports the profile's default outside the tool's
+    /// scope.
+    pub default_rule: RuleId,
 }
 
 /// Label names and their bits in the session's `u64` mask.

@@ -173,7 +173,7 @@ fn user_space_rules_mark_their_accesses_and_defer_when_weaker() {
             .iter()
             .any(|(_, _, e)| e.slots.iter().any(|s| s.rule == rid))
     );
-    let s = &c.kernel.session;
+    let s = &c.kernel.layer;
     assert_eq!(s.defaults, [Verdict::Deny as u8; ACCESS_COUNT]);
     assert_eq!(
         set.rule_info(s.default_rules[0]).unwrap().name,
