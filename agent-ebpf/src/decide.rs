@@ -14,44 +14,27 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    CONFIG, KEY_SCRATCH, NET_RULES, PATH_RULES, PATH_SUFFIX_RULES, SCRATCH, SESSION_LABELS,
+    CONFIG, KEY_SCRATCH, LEVEL_LABELS, NET_RULES, PATH_RULES, PATH_SUFFIX_RULES, SCRATCH, SESSION_LABELS,
     SESSION_POLICY,
 };
 
-/// The verdict reached, the rule behind it, and the labels the call earns
-/// if it goes through, per session of the chain.
+/// The verdict reached and the rule behind it. The labels the call earns
+/// wait in `LEVEL_LABELS` until [`Session::commit`].
 #[derive(Clone, Copy)]
 pub struct Judgement {
     pub verdict: Verdict,
     pub rule: u32,
-    pub set_labels: [u64; MAX_CHAIN],
 }
 
 impl Judgement {
     pub const NONE: Self = Self::of(Verdict::None, 0);
 
-    /// A verdict that earns no labels.
     pub const fn of(verdict: Verdict, rule: u32) -> Self {
-        Self {
-            verdict,
-            rule,
-            set_labels: [0; MAX_CHAIN],
-        }
+        Self { verdict, rule }
     }
 
     pub fn merge(&mut self, other: &Judgement) {
         self.prefer(other.verdict, other.rule);
-        for (mine, theirs) in self.set_labels.iter_mut().zip(other.set_labels.iter()) {
-            *mine |= *theirs;
-        }
-    }
-
-    /// Folds in one layer's verdict, earned by the session at `level`.
-    fn add(&mut self, level: usize, found: &Found) {
-        self.prefer(found.verdict, found.rule);
-        if let Some(l) = self.set_labels.get_mut(level) {
-            *l |= found.set_labels;
-        }
     }
 
     /// The stronger verdict wins; between equals, the rule written first
@@ -92,10 +75,9 @@ impl Found {
         }
     }
 
-    /// The layer's default when none of its rules matched.
-    fn settle(mut self, layer: &Layer, access: Access) -> Self {
+    /// The layer's default for access `i` when none of its rules matched.
+    fn settle(mut self, layer: &Layer, i: usize) -> Self {
         if self.verdict == Verdict::None {
-            let i = access as usize;
             if let (Some(v), Some(r)) = (layer.defaults.get(i), layer.default_rules.get(i)) {
                 self.verdict = Verdict::from_u8(*v);
                 self.rule = *r;
@@ -121,7 +103,7 @@ pub struct Session {
 }
 
 /// The session's chain, or `None` while the daemon has installed no policy
-/// for it.
+/// for it. Starts the judgement of one call: no labels earned yet.
 pub fn session(id: SessionId) -> Option<Session> {
     let mut s = Session {
         chain: [0; MAX_CHAIN],
@@ -138,48 +120,166 @@ pub fn session(id: SessionId) -> Option<Session> {
             break;
         }
     }
-    (s.chain[0] != 0).then_some(s)
+    if s.chain[0] == 0 {
+        return None;
+    }
+    for level in 0..MAX_CHAIN as u32 {
+        if let Some(l) = LEVEL_LABELS.get_ptr_mut(level) {
+            // SAFETY: this CPU's slot.
+            unsafe { *l = 0 };
+        }
+    }
+    Some(s)
 }
 
 /// Past its TTL (or its drift threshold), a session may do nothing at all,
 /// and neither may the sessions it delegated to.
-fn expired(policy: &SessionPolicy) -> Option<Judgement> {
+fn expired(policy: &SessionPolicy) -> Option<Verdict> {
     if policy.flags & SESSION_EXPIRED_KILL != 0 {
-        Some(Judgement::of(Verdict::Kill, 0))
+        Some(Verdict::Kill)
     } else if policy.flags & SESSION_EXPIRED != 0 {
-        Some(Judgement::of(Verdict::Deny, 0))
+        Some(Verdict::Deny)
     } else {
         None
     }
 }
 
-impl Session {
-    /// Calls `f` with each session of the chain: its level, policy and labels.
-    #[inline(always)]
-    fn each(&self, j: &mut Judgement, mut f: impl FnMut(&mut Judgement, usize, &SessionPolicy, u64)) {
-        for (level, id) in self.chain.iter().enumerate() {
-            if *id == 0 {
-                break;
-            }
-            // SAFETY: map values, read during this call only.
-            let Some(policy) = (unsafe { SESSION_POLICY.get(id) }) else {
-                break;
-            };
-            if let Some(e) = expired(policy) {
-                j.merge(&e);
-                continue;
-            }
-            let labels = unsafe { SESSION_LABELS.get(id) }.copied().unwrap_or(0);
-            f(j, level, policy, labels);
+/// State of the loop over the layers of a chain (two per session: its
+/// rules, its tool call) for one call, whose keys are in this CPU's
+/// `KEY_SCRATCH`.
+#[repr(C)]
+struct Walk {
+    /// The session whose layers are next (0: the chain is done).
+    current: SessionId,
+    rule: u32,
+    verdict: u8,
+    /// The [`Access`] judged.
+    access: u8,
+    /// Look up `NET_RULES` (with `port`, then any port), not the path maps.
+    net: u8,
+    /// The forward path key is filled in.
+    forward: u8,
+    port: u16,
+    _pad: [u8; 6],
+}
+
+impl Walk {
+    fn new(first: SessionId, access: Access) -> Self {
+        Self {
+            current: first,
+            rule: 0,
+            verdict: Verdict::None as u8,
+            access: access as u8,
+            net: 0,
+            forward: 0,
+            port: 0,
+            _pad: [0; 6],
         }
     }
 
+    fn prefer(&mut self, v: Verdict, rule: u32) {
+        let mine = Verdict::from_u8(self.verdict);
+        if v > mine || (v == mine && rule < self.rule) {
+            self.verdict = v as u8;
+            self.rule = rule;
+        }
+    }
+
+    /// Runs the walk: one step per layer.
+    fn run(mut self) -> Judgement {
+        // Layers are judged under bpf_loop: the verifier checks the step
+        // once, where unrolling chain × layers × slots × look-ups for every
+        // access of an open exceeds its 1M-instruction budget.
+        // SAFETY: the callback gets `self` back and nothing else.
+        unsafe {
+            bpf_loop(
+                (MAX_CHAIN * 2) as u32,
+                layer_step as *mut c_void,
+                (&mut self as *mut Walk).cast(),
+                0,
+            )
+        };
+        Judgement::of(Verdict::from_u8(self.verdict), self.rule)
+    }
+}
+
+/// Step `i` of a [`Walk`]: layer `i % 2` (rules, tool call) of the session
+/// at level `i / 2` of the chain.
+extern "C" fn layer_step(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Walk`.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    if w.current == 0 {
+        return 1;
+    }
+    // SAFETY: a map value, read during this step only.
+    let Some(policy) = (unsafe { SESSION_POLICY.get(&w.current) }) else {
+        return 1;
+    };
+    let tool = i % 2 == 1;
+    judge_layer(w, i / 2, policy, tool);
+    if tool {
+        w.current = policy.parent;
+    }
+    0
+}
+
+fn judge_layer(w: &mut Walk, level: u32, policy: &SessionPolicy, tool: bool) {
+    if let Some(v) = expired(policy) {
+        w.prefer(v, 0);
+        return;
+    }
+    let layer = if tool { &policy.tool } else { &policy.rules };
+    if layer.ruleset == 0 {
+        return;
+    }
+    // SAFETY: a map value, copied out.
+    let labels = unsafe { SESSION_LABELS.get(&w.current) }
+        .copied()
+        .unwrap_or(0);
+    let Some(keys) = KEY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; nothing else runs on it meanwhile.
+    let keys = unsafe { &mut *keys };
+    let mut found = Found::NONE;
+    let access = if w.net != 0 {
+        keys.net.data.ruleset = layer.ruleset;
+        for p in [w.port, 0] {
+            keys.net.data.port = p;
+            if let Some(entry) = NET_RULES.get(&keys.net) {
+                found.take(entry, labels);
+            }
+        }
+        Access::ConnectInet as usize
+    } else {
+        keys.path.data.ruleset = layer.ruleset;
+        keys.suffix.data.ruleset = layer.ruleset;
+        if w.forward != 0
+            && let Some(entry) = PATH_RULES.get(&keys.path)
+        {
+            found.take(entry, labels);
+        }
+        if let Some(entry) = PATH_SUFFIX_RULES.get(&keys.suffix) {
+            found.take(entry, labels);
+        }
+        w.access as usize
+    };
+    let found = found.settle(layer, access);
+    w.prefer(found.verdict, found.rule);
+    if found.set_labels != 0
+        && let Some(l) = LEVEL_LABELS.get_ptr_mut(level)
+    {
+        // SAFETY: this CPU's slot.
+        unsafe { *l |= found.set_labels };
+    }
+}
+
+impl Session {
     /// Verdict on the path in this CPU's record (`path`, `len` bytes and a
     /// NUL) for one access.
     pub fn path(&self, access: Access, path: &[u8], len: usize) -> Judgement {
-        let mut j = Judgement::NONE;
         let Some(keys) = KEY_SCRATCH.get_ptr_mut(0) else {
-            return j;
+            return Judgement::NONE;
         };
         // SAFETY: this CPU's scratch slot; nothing else runs on it meanwhile.
         let keys = unsafe { &mut *keys };
@@ -191,11 +291,13 @@ impl Session {
         // rule paths hold no NUL but an exact one's last byte, so whatever
         // follows in the key cannot make a longer rule match.
         let Some(src) = path.get(..RULE_PATH_LEN) else {
-            return j;
+            return Judgement::NONE;
         };
+        let mut walk = Walk::new(self.chain[0], access);
         // SAFETY: both are map memory of at least RULE_PATH_LEN bytes.
-        let forward =
-            unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), &mut keys.path.data.path) }.is_ok();
+        walk.forward =
+            unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), &mut keys.path.data.path) }.is_ok()
+                as u8;
         // The same path, reversed: suffix rules are prefixes of it.
         let mut rev = Reverse {
             len: len as u64,
@@ -210,54 +312,23 @@ impl Session {
                 0,
             )
         };
-        self.each(&mut j, |j, level, policy, labels| {
-            for layer in [&policy.rules, &policy.tool] {
-                if layer.ruleset == 0 {
-                    continue;
-                }
-                keys.path.data.ruleset = layer.ruleset;
-                keys.suffix.data.ruleset = layer.ruleset;
-                let mut found = Found::NONE;
-                if forward && let Some(entry) = PATH_RULES.get(&keys.path) {
-                    found.take(entry, labels);
-                }
-                if let Some(entry) = PATH_SUFFIX_RULES.get(&keys.suffix) {
-                    found.take(entry, labels);
-                }
-                j.add(level, &found.settle(layer, access));
-            }
-        });
-        j
+        walk.run()
     }
 
     /// Verdict on a connect to `addr` (IPv6, or IPv4-mapped) and `port`.
     pub fn net(&self, addr: &[u8; 16], port: u16) -> Judgement {
-        let mut j = Judgement::NONE;
         let Some(keys) = KEY_SCRATCH.get_ptr_mut(0) else {
-            return j;
+            return Judgement::NONE;
         };
         // SAFETY: this CPU's scratch slot.
         let key = unsafe { &mut (*keys).net };
         key.prefix_len = net_prefix_bits(128);
         key.data._pad = 0;
         key.data.addr = *addr;
-        self.each(&mut j, |j, level, policy, labels| {
-            for layer in [&policy.rules, &policy.tool] {
-                if layer.ruleset == 0 {
-                    continue;
-                }
-                key.data.ruleset = layer.ruleset;
-                let mut found = Found::NONE;
-                for p in [port, 0] {
-                    key.data.port = p;
-                    if let Some(entry) = NET_RULES.get(&*key) {
-                        found.take(entry, labels);
-                    }
-                }
-                j.add(level, &found.settle(layer, Access::ConnectInet));
-            }
-        });
-        j
+        let mut walk = Walk::new(self.chain[0], Access::ConnectInet);
+        walk.net = 1;
+        walk.port = port;
+        walk.run()
     }
 
     /// Adds the labels a call earned, once it is let through, to each
@@ -267,11 +338,11 @@ impl Session {
         if j.verdict.blocks() {
             return;
         }
-        for (id, bits) in self.chain.iter().zip(j.set_labels.iter()) {
-            let bits = *bits;
+        for (level, id) in self.chain.iter().enumerate() {
             if *id == 0 {
                 break;
             }
+            let bits = LEVEL_LABELS.get(level as u32).copied().unwrap_or(0);
             if bits == 0 {
                 continue;
             }

@@ -55,6 +55,14 @@ pub static SESSION_LABELS: HashMap<SessionId, u64> = HashMap::with_max_entries(4
 #[map]
 pub static CONFIG: Array<EnforceConfig> = Array::with_max_entries(1, 0);
 
+/// Labels each session of the chain (by level: the caller's session
+/// first) earns with the call being judged, kept until the verdict says
+/// whether the call goes through. Indexed through a map so that the level
+/// is no array index the verifier must track exactly.
+#[map]
+pub static LEVEL_LABELS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(agent_common::MAX_CHAIN as u32, 0);
+
 /// Room to build rule keys: 260 bytes each, too big for the stack. `path`
 /// holds a path as written, `suffix` the same path reversed.
 #[map]

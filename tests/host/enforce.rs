@@ -608,3 +608,118 @@ fn a_session_that_drifts_past_its_threshold_is_ended() {
         w.d.log()
     );
 }
+
+/// `agentgate --socket S` as a script inside this world's sessions runs it.
+fn agentgate_in(w: &World) -> String {
+    format!("{AGENTGATE} --socket {}", path_str(&w.d.socket))
+}
+
+fn errnos(o: &Output) -> Vec<String> {
+    stdout(o)
+        .lines()
+        .filter_map(|l| l.strip_prefix("errno="))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_tool_call_narrows_the_session_to_the_tools_scope() {
+    let w = World::new();
+    let out4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_scope = TcpListener::bind("127.0.0.2:0").unwrap();
+    let (p4, p2) = (
+        out4.local_addr().unwrap().port(),
+        in_scope.local_addr().unwrap().port(),
+    );
+    let ag = agentgate_in(&w);
+    let outside = connect_script("127.0.0.1", p4);
+    let inside = connect_script("127.0.0.2", p2);
+    let out = w.tagged(&format!(
+        "{outside}; id=$({ag} action begin run_tests --params '{{\"filter\":\"unit\"}}' \
+         --rationale 'run the unit tests'); echo began=$?; \
+         {ag} action begin run_tests; echo second=$?; \
+         {outside}; {inside}; {ag} action end $id; echo ended=$?; {outside}"
+    ));
+    assert_eq!(status_of(&out, "began"), 0, "{out:?}");
+    assert_ne!(status_of(&out, "second"), 0, "a second open tool call was accepted");
+    assert_eq!(status_of(&out, "ended"), 0, "{out:?}");
+    // Before: the profile allows it. During: outside the tool's scope
+    // (EPERM in both modes: LSM or cgroup hook), inside it fine. After: the
+    // profile alone again.
+    assert_eq!(errnos(&out), ["0", "1", "0", "0"], "{out:?}");
+    let target = format!("127.0.0.1:{p4}");
+    let refused = w
+        .d
+        .wait_for(Duration::from_secs(10), |ev| {
+            ev.iter().any(|e| {
+                s(e, "target") == target && e["decision"]["verdict"] == "deny"
+            })
+        })
+        .into_iter()
+        .find(|e| s(e, "target") == target && e["decision"]["verdict"] == "deny")
+        .unwrap_or_else(|| panic!("no refused connect to {target}\n{}", w.d.log()));
+    assert_eq!(
+        refused["decision"]["rule"], "default.tool.run_tests.default",
+        "{refused}"
+    );
+    assert_eq!(refused["decision"]["tool_call"]["tool"], "run_tests", "{refused}");
+    assert_eq!(refused["kernel"]["verdict"], "deny", "{refused}");
+
+    // Only the runtime inside a session declares tool calls.
+    let outsider = w.d.cli(&["action", "begin", "run_tests"]);
+    assert!(!outsider.status.success());
+    assert!(
+        String::from_utf8_lossy(&outsider.stderr).contains("inside its session"),
+        "{outsider:?}"
+    );
+    let plain = w.untagged(&outside);
+    assert_eq!(stdout(&plain).trim(), "errno=0", "untagged connect was touched");
+}
+
+#[test]
+fn a_session_opened_inside_a_session_can_only_narrow() {
+    let w = World::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = connect_script("127.0.0.1", port);
+    fs::write(w.path("connect.sh"), &connect).unwrap();
+    let ag = agentgate_in(&w);
+    let child = |profile: &str| {
+        format!(
+            "{ag} exec --profile {profile} --workspace {} --intent helper -- sh {}",
+            w.ws(),
+            path_str(&w.path("connect.sh"))
+        )
+    };
+    // A narrow child of a broad session: the child may not connect; its
+    // parent still may once the child is done.
+    let out = w.tagged(&format!("{}; {connect}", child("narrow")));
+    assert_eq!(errnos(&out), ["1", "0"], "{out:?}\n{}", w.d.log());
+    // A broad child of a narrow session: its own profile would allow the
+    // connect, the session it came from does not.
+    let out = w.tagged_with(&["--profile", "narrow"], &child("default"));
+    assert_eq!(errnos(&out), ["1"], "{out:?}\n{}", w.d.log());
+
+    let list = stdout(&w.d.cli(&["sessions", "list"]));
+    let delegated: Vec<(&str, &str)> = list
+        .lines()
+        .filter_map(|l| {
+            let id = l.split('\t').next()?;
+            let parent = l.split('\t').find_map(|f| f.strip_prefix("from session "))?;
+            Some((id, parent))
+        })
+        .collect();
+    assert_eq!(delegated.len(), 2, "{list}");
+    let (child_id, parent_id) = delegated[1];
+    let show = stdout(&w.d.cli(&["sessions", "show", child_id]));
+    assert!(
+        show.contains(&format!("delegation: [{child_id}, {parent_id}]")),
+        "{show}"
+    );
+    assert!(show.contains("profile:    default"), "{show}");
+    let d = w.decision_on("connect", &format!("127.0.0.1:{port}"));
+    assert_eq!(d["decision"]["verdict"], "deny", "{d}");
+
+    let plain = w.untagged(&connect);
+    assert_eq!(stdout(&plain).trim(), "errno=0", "untagged connect was touched");
+}

@@ -850,7 +850,7 @@ impl<'a> Decoder<'a> {
                         let access = f
                             .entries
                             .iter()
-                            .map(|(k, _)| scope_access(k))
+                            .map(|(k, v)| scope_access(k, v))
                             .fold(AccessMask(0), |a, b| AccessMask(a.0 | b.0));
                         let scopes = self.scopes(&f, &name.value, Some(&tool.value));
                         tools.push(ToolDoc {
@@ -967,13 +967,31 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// The accesses a scope key speaks for.
-fn scope_access(key: &str) -> AccessMask {
+/// The accesses a tool's scope key speaks for. `connect` speaks for inet
+/// addresses unless it lists only `unix:` entries, and for unix sockets
+/// only when it lists some: a tool that says where it may connect on the
+/// network still reaches the sockets its profile allows (agentgate's own,
+/// to end the tool call, among them).
+fn scope_access(key: &str, node: &Node) -> AccessMask {
     match key {
         "exec" => AccessMask::of(Access::Exec),
         "read" => AccessMask::of(Access::Read),
         "write" => AccessMask::of(Access::Write).with(Access::Create),
-        _ => AccessMask::of(Access::ConnectInet).with(Access::ConnectUnix),
+        _ => {
+            let items = match &node.kind {
+                NodeKind::Seq(items) => items.as_slice(),
+                _ => &[],
+            };
+            let unix = |n: &Node| node_key_pos(n, "unix").is_some();
+            let mut m = AccessMask(0);
+            if items.is_empty() || items.iter().any(|n| !unix(n)) {
+                m = m.with(Access::ConnectInet);
+            }
+            if items.iter().any(unix) {
+                m = m.with(Access::ConnectUnix);
+            }
+            m
+        }
     }
 }
 
