@@ -807,11 +807,7 @@ fn delegating(id: SessionId, registry: &Registry) -> anyhow::Result<Delegation> 
 /// Installs a grant in the session that asked and in the sessions it was
 /// delegated from: each of them judges the call, so each must let it
 /// through — for this one target, for the grant's time.
-fn install_grant(
-    registry: &Registry,
-    enforcer: &mut Enforcer,
-    g: &Grant,
-) -> anyhow::Result<()> {
+fn install_grant(registry: &Registry, enforcer: &mut Enforcer, g: &Grant) -> anyhow::Result<()> {
     for id in registry.chain(g.session) {
         let Some(s) = registry.get(id) else {
             continue;
@@ -1090,7 +1086,9 @@ fn show_session(id: SessionId, shared: &Shared) -> anyhow::Result<control::Sessi
         .unwrap()
         .iter()
         .filter_map(Result::ok)
-        .filter(|(pid, t)| t.session == id && std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .filter(|(pid, t)| {
+            t.session == id && std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
         .map(|(pid, _)| pid)
         .collect();
     pids.sort_unstable();
@@ -1106,7 +1104,12 @@ fn show_session(id: SessionId, shared: &Shared) -> anyhow::Result<control::Sessi
         info: Some(session_info(s)),
         intent_tags: s.ctx.intent_tags.clone(),
         agent_exe: s.spec.agent_exe.clone(),
-        agent_sha256: s.spec.agent_sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        agent_sha256: s
+            .spec
+            .agent_sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         chain: registry.chain(id),
         children: registry
             .iter()
@@ -1129,7 +1132,10 @@ fn show_session(id: SessionId, shared: &Shared) -> anyhow::Result<control::Sessi
         },
         action_id: action.as_ref().map_or(0, |a| a.id),
         action_tool: action.as_ref().map(|a| a.tool.clone()).unwrap_or_default(),
-        action_params: action.as_ref().map(|a| a.params.clone()).unwrap_or_default(),
+        action_params: action
+            .as_ref()
+            .map(|a| a.params.clone())
+            .unwrap_or_default(),
         action_rationale: action.map(|a| a.rationale).unwrap_or_default(),
         tools: s.tools.iter().map(|(n, _)| n.clone()).collect(),
         pending_referrals: pending as u32,

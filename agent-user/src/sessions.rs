@@ -373,8 +373,28 @@ mod tests {
     fn chains_and_descendants_follow_parents() {
         let mut r = Registry::new();
         let a = r.open(new(10), ctx(), compiled(), vec![]).id;
-        let b = r.open(NewSession { parent: a, ..new(11) }, ctx(), compiled(), vec![]).id;
-        let c = r.open(NewSession { parent: b, ..new(12) }, ctx(), compiled(), vec![]).id;
+        let b = r
+            .open(
+                NewSession {
+                    parent: a,
+                    ..new(11)
+                },
+                ctx(),
+                compiled(),
+                vec![],
+            )
+            .id;
+        let c = r
+            .open(
+                NewSession {
+                    parent: b,
+                    ..new(12)
+                },
+                ctx(),
+                compiled(),
+                vec![],
+            )
+            .id;
         let d = r.open(new(13), ctx(), compiled(), vec![]).id;
         assert_eq!(r.chain(c), vec![c, b, a]);
         assert_eq!(r.chain(d), vec![d]);

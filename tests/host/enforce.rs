@@ -641,19 +641,21 @@ fn a_tool_call_narrows_the_session_to_the_tools_scope() {
          {outside}; {inside}; {ag} action end $id; echo ended=$?; {outside}"
     ));
     assert_eq!(status_of(&out, "began"), 0, "{out:?}");
-    assert_ne!(status_of(&out, "second"), 0, "a second open tool call was accepted");
+    assert_ne!(
+        status_of(&out, "second"),
+        0,
+        "a second open tool call was accepted"
+    );
     assert_eq!(status_of(&out, "ended"), 0, "{out:?}");
     // Before: the profile allows it. During: outside the tool's scope
     // (EPERM in both modes: LSM or cgroup hook), inside it fine. After: the
     // profile alone again.
     assert_eq!(errnos(&out), ["0", "1", "0", "0"], "{out:?}");
     let target = format!("127.0.0.1:{p4}");
-    let refused = w
-        .d
-        .wait_for(Duration::from_secs(10), |ev| {
-            ev.iter().any(|e| {
-                s(e, "target") == target && e["decision"]["verdict"] == "deny"
-            })
+    let refused =
+        w.d.wait_for(Duration::from_secs(10), |ev| {
+            ev.iter()
+                .any(|e| s(e, "target") == target && e["decision"]["verdict"] == "deny")
         })
         .into_iter()
         .find(|e| s(e, "target") == target && e["decision"]["verdict"] == "deny")
@@ -662,7 +664,10 @@ fn a_tool_call_narrows_the_session_to_the_tools_scope() {
         refused["decision"]["rule"], "default.tool.run_tests.default",
         "{refused}"
     );
-    assert_eq!(refused["decision"]["tool_call"]["tool"], "run_tests", "{refused}");
+    assert_eq!(
+        refused["decision"]["tool_call"]["tool"], "run_tests",
+        "{refused}"
+    );
     assert_eq!(refused["kernel"]["verdict"], "deny", "{refused}");
 
     // Only the runtime inside a session declares tool calls.
@@ -673,7 +678,11 @@ fn a_tool_call_narrows_the_session_to_the_tools_scope() {
         "{outsider:?}"
     );
     let plain = w.untagged(&outside);
-    assert_eq!(stdout(&plain).trim(), "errno=0", "untagged connect was touched");
+    assert_eq!(
+        stdout(&plain).trim(),
+        "errno=0",
+        "untagged connect was touched"
+    );
 }
 
 #[test]
@@ -705,7 +714,9 @@ fn a_session_opened_inside_a_session_can_only_narrow() {
         .lines()
         .filter_map(|l| {
             let id = l.split('\t').next()?;
-            let parent = l.split('\t').find_map(|f| f.strip_prefix("from session "))?;
+            let parent = l
+                .split('\t')
+                .find_map(|f| f.strip_prefix("from session "))?;
             Some((id, parent))
         })
         .collect();
@@ -721,5 +732,9 @@ fn a_session_opened_inside_a_session_can_only_narrow() {
     assert_eq!(d["decision"]["verdict"], "deny", "{d}");
 
     let plain = w.untagged(&connect);
-    assert_eq!(stdout(&plain).trim(), "errno=0", "untagged connect was touched");
+    assert_eq!(
+        stdout(&plain).trim(),
+        "errno=0",
+        "untagged connect was touched"
+    );
 }

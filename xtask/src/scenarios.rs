@@ -49,6 +49,16 @@ pub fn run() -> anyhow::Result<()> {
         .arg(corpus.join("benign.yaml"))
         .arg(workspace_root().join("tests/scenarios/attacks.yaml"))
         .args(["--netns", "--compare", "--wrap", &wrap])
+        // Attacks that call agentgate themselves (delegation) find it and
+        // this daemon.
+        .env("AGENTGATE_SOCKET", &daemon.socket)
+        .env("PATH", {
+            let mut paths = vec![target_dir().join("debug")];
+            paths.extend(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            ));
+            std::env::join_paths(paths).context("PATH")?
+        })
         .current_dir(daemon.dir.path())
         .stdin(Stdio::null())
         .output()

@@ -105,7 +105,10 @@ impl Decision {
     /// call's scope, a delegating session): the stronger verdict stands,
     /// and a call that is refused earns no labels.
     pub fn narrow(&mut self, other: Decision) {
-        if stronger((other.verdict, other.rule_id()), (self.verdict, self.rule_id())) {
+        if stronger(
+            (other.verdict, other.rule_id()),
+            (self.verdict, self.rule_id()),
+        ) {
             self.verdict = other.verdict;
             self.outcome = other.outcome;
             self.rule = other.rule;

@@ -558,3 +558,40 @@ fn history_carries_over_a_reload_by_name() {
     assert_eq!(moved.last_match(new_id), Some(42));
     assert_eq!(moved.last_match(submit), None);
 }
+
+#[test]
+fn a_tool_call_narrows_the_profile_and_speaks_only_for_its_accesses() {
+    let set = shipped();
+    let e = Engine::new(set.clone());
+    let c = ctx("coding-agent");
+    let tool = |ev: &Event, t: &str| e.decide_tool(ev, &c, t);
+    // run_tests: loopback only; a host the profile allows is out of the
+    // tool's scope, and the tool says nothing about reads.
+    let d = tool(&connect("10.1.2.3:443"), "run_tests").unwrap();
+    assert_eq!(d.verdict, Verdict::Refer);
+    assert_eq!(d.rule_name(), "coding-agent.tool.run_tests.default");
+    assert!(d.out_of_scope());
+    let d = tool(&connect("127.0.0.1:8000"), "run_tests").unwrap();
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert!(tool(&read("/work/ws/src/lib.rs"), "run_tests").is_none());
+    // read_file: runs nothing, writes nothing.
+    let d = tool(&exec("/usr/bin/ls", &["ls"]), "read_file").unwrap();
+    assert_eq!(d.verdict, Verdict::Refer);
+    assert_eq!(
+        tool(&write("/work/ws/x"), "read_file").unwrap().verdict,
+        Verdict::Refer
+    );
+    // Narrowing: the stronger of the session's and the tool's decision.
+    let mut d = decide(&set, "coding-agent", &connect("127.0.0.1:9999"));
+    let inside_tool = tool(&connect("127.0.0.1:9999"), "run_tests").unwrap();
+    assert_eq!(inside_tool.verdict, Verdict::Allow);
+    d.narrow(inside_tool);
+    assert_eq!(
+        d.verdict,
+        Verdict::Refer,
+        "the tool may not widen the profile"
+    );
+    assert_eq!(d.rule_name(), "coding-agent.default");
+    // Unknown tools have no scope.
+    assert!(tool(&connect("10.1.2.3:443"), "no_such_tool").is_none());
+}

@@ -156,6 +156,13 @@ pub fn entry(r: &Record, receipt: Option<u64>) -> Entry {
             e.field("AGENT_SHA256", hex(&agent.sha256));
         }
     }
+    if r.action.tool_call != 0 {
+        e.field("TOOL_CALL", r.action.tool_call.to_string());
+        e.field("TOOL", &r.action.tool);
+    }
+    if r.session.delegation.len() > 2 {
+        e.field("DELEGATION", r.session.delegation.join(" > "));
+    }
     if let Some(seq) = receipt {
         e.field("RECEIPT", seq.to_string());
     }

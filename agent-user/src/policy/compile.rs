@@ -12,8 +12,8 @@
 use std::{cmp::Reverse, collections::BTreeSet, net::Ipv6Addr};
 
 use agent_common::{
-    ACCESS_COUNT, Access, NetRuleKey, PathRuleKey, RULE_PATH_LEN, RULE_SLOTS, RuleEntry, RuleSlot,
-    Layer, Verdict, net_prefix_bits, path_prefix_bits,
+    ACCESS_COUNT, Access, Layer, NetRuleKey, PathRuleKey, RULE_PATH_LEN, RULE_SLOTS, RuleEntry,
+    RuleSlot, Verdict, net_prefix_bits, path_prefix_bits,
 };
 use ipnet::Ipv6Net;
 use thiserror::Error;

@@ -385,4 +385,40 @@ proptest! {
             prop_assert!(kv != Verdict::Kill || d.verdict == Verdict::Kill);
         }
     }
+
+    /// The same for each tool's layer: the shipped coding-agent declares
+    /// several (connect to loopback only, no exec, no write).
+    #[test]
+    fn kernel_tool_layers_agree_with_the_engine(
+        tool in 0usize..8,
+        probe in probe_strategy(),
+    ) {
+        let set = &SETS[0];
+        let ctx = ctx("coding-agent");
+        let tools = &set.profile("coding-agent").unwrap().tools;
+        prop_assume!(!tools.is_empty());
+        let tool = &tools[tool % tools.len()].name;
+        let compiled = compile_tool(set, &ctx, tool).unwrap();
+        let engine = Engine::new(set.clone());
+        let argv = vec!["x".to_owned()];
+        let (subject, access) = match &probe {
+            Probe::Path(0, p) => (Subject::Exec { path: p, argv: &argv }, AccessMask::of(Access::Exec)),
+            Probe::Path(1, p) => (Subject::Unix { path: p }, AccessMask::of(Access::ConnectUnix)),
+            Probe::Path(k, p) => {
+                let m = AccessMask(*k & 0b111);
+                let m = if m.0 == 0 { AccessMask::of(Access::Read) } else { m };
+                (Subject::Open { path: p }, m)
+            }
+            Probe::Inet(ip, port) => (Subject::Inet { ip: *ip, port: *port }, AccessMask::of(Access::ConnectInet)),
+        };
+        let d = engine
+            .judge_tool(&subject, access, &ctx, tool)
+            .map_or((Verdict::None, 0), |d| (d.verdict, d.rule_id()));
+        let (kv, kid, _) = compiled.decide(&subject, access, 0);
+        if access.iter().all(|a| compiled.exact[a as usize]) {
+            prop_assert_eq!((kv, kid), d, "{} {:?}", tool, probe);
+        } else {
+            prop_assert!(!kv.blocks() || d.0.blocks(), "{} {:?}", tool, probe);
+        }
+    }
 }
