@@ -44,7 +44,7 @@ pub fn refuse(cfg: &EnforceConfig, j: &Judgement) -> u8 {
     ENFORCED_REFUSED
 }
 
-fn kill_current() {
+pub fn kill_current() {
     // SAFETY: helper with a plain integer argument.
     unsafe { bpf_send_signal(SIGKILL) };
 }

@@ -13,6 +13,7 @@ use aya_ebpf::{
 use crate::{
     decide::{self, Judgement, Session},
     enforce::{self, EPERM},
+    guard,
     layout,
     record::Record,
     tagging,
@@ -37,6 +38,9 @@ macro_rules! lsm_arg {
     };
     ($ctx:expr, 4) => {
         lsm_arg!(@load $ctx, "32")
+    };
+    ($ctx:expr, 5) => {
+        lsm_arg!(@load $ctx, "40")
     };
     (@load $ctx:expr, $off:literal) => {{
         let v: u64;
@@ -237,25 +241,6 @@ fn is_guard(task: *const u8) -> bool {
     tgid.is_ok_and(|t| t as u32 == guard)
 }
 
-/// Reports a refused attempt on the guard (kind exec, target in `comm`'s
-/// terms: the record's path holds what was attempted).
-#[inline(always)]
-fn refuse_attack(tag: &ProcTag, what: &[u8]) -> i32 {
-    if let Ok(mut rec) = Record::begin(Hook::Exec, EventKind::Guard, tag) {
-        let n = what.len().min(PATH_MAX - 1);
-        if let Some(dest) = rec.data().get_mut(..n) {
-            dest.copy_from_slice(&what[..n]);
-        }
-        rec.header().path_len = n as u16;
-        rec.judge(
-            &Judgement::of(agent_common::Verdict::Deny, 0),
-            agent_common::ENFORCED_REFUSED,
-        );
-        rec.emit(Hook::Exec);
-    }
-    -EPERM
-}
-
 #[lsm(hook = "task_kill")]
 pub fn task_kill(ctx: LsmContext) -> i32 {
     match try_task_kill(&ctx) {
@@ -283,7 +268,7 @@ fn try_task_kill(ctx: &LsmContext) -> Result<i32, i32> {
     if !is_guard(target) {
         return Ok(0);
     }
-    Ok(refuse_attack(&tag, b"signal:agentgate"))
+    Ok(guard::refuse(&tag, b"signal:agentgate"))
 }
 
 #[lsm(hook = "ptrace_access_check")]
@@ -307,7 +292,7 @@ fn try_ptrace(ctx: &LsmContext) -> Result<i32, i32> {
     if !is_guard(child) {
         return Ok(0);
     }
-    Ok(refuse_attack(&tag, b"ptrace:agentgate"))
+    Ok(guard::refuse(&tag, b"ptrace:agentgate"))
 }
 
 #[lsm(hook = "bpf")]
@@ -327,5 +312,39 @@ fn try_bpf(ctx: &LsmContext) -> Result<i32, i32> {
     let Some(tag) = tagging::lookup_current() else {
         return Ok(0);
     };
-    Ok(refuse_attack(&tag, b"bpf()"))
+    Ok(guard::refuse(&tag, b"bpf()"))
+}
+
+// ---- confinement: no new user namespaces, no mounts ----------------------
+
+#[lsm(hook = "userns_create")]
+pub fn userns_create(ctx: LsmContext) -> i32 {
+    // userns_create(const struct cred *cred)
+    refuse_tagged(lsm_arg!(ctx, 1) as i32, b"unshare:namespace")
+}
+
+#[lsm(hook = "sb_mount")]
+pub fn sb_mount(ctx: LsmContext) -> i32 {
+    // sb_mount(const char *dev_name, const struct path *path,
+    //          const char *type, unsigned long flags, void *data)
+    refuse_tagged(lsm_arg!(ctx, 5) as i32, b"mount")
+}
+
+#[lsm(hook = "move_mount")]
+pub fn move_mount(ctx: LsmContext) -> i32 {
+    // move_mount(const struct path *from_path, const struct path *to_path)
+    refuse_tagged(lsm_arg!(ctx, 2) as i32, b"move_mount")
+}
+
+/// Refuses the hook's call for a tagged caller (keeping an earlier LSM's
+/// refusal).
+#[inline(always)]
+fn refuse_tagged(previous: i32, what: &[u8]) -> i32 {
+    if previous != 0 {
+        return previous;
+    }
+    match tagging::lookup_current() {
+        Some(tag) => guard::refuse(&tag, what),
+        None => 0,
+    }
 }

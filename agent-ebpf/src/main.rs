@@ -10,6 +10,7 @@
 
 mod decide;
 mod enforce;
+mod guard;
 mod layout;
 mod lsm;
 mod maps;

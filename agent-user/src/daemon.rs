@@ -780,6 +780,9 @@ struct Delegation {
     left: Option<Duration>,
 }
 
+/// Sessions one session may have opened, directly or not.
+const MAX_DELEGATED: usize = 256;
+
 fn delegating(id: SessionId, registry: &Registry) -> anyhow::Result<Delegation> {
     let s = registry
         .get(id)
@@ -792,6 +795,15 @@ fn delegating(id: SessionId, registry: &Registry) -> anyhow::Result<Delegation> 
         bail!(
             "session {id} is already {depth} sessions deep in delegation; at most {MAX_CHAIN} \
              sessions judge a call"
+        );
+    }
+    // Sessions take kernel map entries: a session may not crowd out others
+    // by opening sessions without end.
+    let opened = registry.descendants(id).len();
+    if opened >= MAX_DELEGATED {
+        bail!(
+            "session {id} has opened {opened} sessions already (at most {MAX_DELEGATED}); end some \
+             with `agentgate sessions end` from outside"
         );
     }
     let now = std::time::SystemTime::now();

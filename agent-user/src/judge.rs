@@ -108,7 +108,9 @@ impl<W: std::io::Write> Judge<W> {
                     verdict: Verdict::Deny,
                     outcome: Outcome::Forbidden,
                     rule: "guard-self-protection".into(),
-                    reason: "a process in a session may not signal, trace or reprogram agentgate"
+                    reason: "a process in a session may not signal, trace or reprogram agentgate, \
+                             nor step out from under its rules (new namespaces, mounts, chroot, \
+                             setns)"
                         .into(),
                     reaction: "none",
                     tool_call: None,

@@ -27,6 +27,15 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_open", "syscalls", "sys_enter_open"),
     ("sys_enter_creat", "syscalls", "sys_enter_creat"),
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    // Confinement (guard.rs): no new namespaces, mounts, chroot or setns.
+    ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
+    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
+    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
+    ("sys_enter_setns", "syscalls", "sys_enter_setns"),
+    ("sys_enter_mount", "syscalls", "sys_enter_mount"),
+    ("sys_enter_move_mount", "syscalls", "sys_enter_move_mount"),
+    ("sys_enter_chroot", "syscalls", "sys_enter_chroot"),
+    ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
 ];
 
 /// cgroup v2 socket-address programs, attached to the root cgroup.
@@ -42,6 +51,10 @@ const LSM_HOOKS: &[(&str, &str)] = &[
     ("task_kill", "task_kill"),
     ("ptrace_access_check", "ptrace_access_check"),
     ("bpf", "bpf"),
+    // Confinement: no new user namespaces, no mounts.
+    ("userns_create", "userns_create"),
+    ("sb_mount", "sb_mount"),
+    ("move_mount", "move_mount"),
 ];
 
 #[derive(Debug, Error)]

@@ -86,3 +86,75 @@ fn a_tagged_process_cannot_signal_the_daemon() {
         );
     }
 }
+
+/// New user or mount namespaces, mounts and chroot change what a path
+/// names (a bind mount of a key onto an allowed path reads as that path):
+/// a tagged process may not use them. LSM mode refuses namespaces and mounts
+/// with EPERM; chroot, and everything in fallback mode, kills the caller at
+/// syscall entry (a killed fork is not created; a killed unshare's
+/// namespace dies with it).
+#[test]
+fn a_tagged_process_cannot_leave_its_confinement() {
+    let d = Daemon::start(&[]);
+    let lsm_mode = lsm(&d);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = d.exec_sh(
+        "unshare -U true; echo userns=$?; unshare -m true; echo mountns=$?; \
+         chroot / true; echo chroot=$?",
+    );
+    let status = |o: &std::process::Output, name: &str| -> i32 {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}= in {o:?}"))
+    };
+    if lsm_mode {
+        assert_eq!(status(&out, "userns"), 1, "userns_create refuses: {out:?}");
+        // A mount namespace alone changes nothing; its mounts are refused.
+        assert_eq!(status(&out, "mountns"), 0, "{out:?}");
+    } else {
+        assert_eq!(status(&out, "userns"), 137, "killed at unshare: {out:?}");
+        assert_eq!(status(&out, "mountns"), 137, "killed at unshare: {out:?}");
+    }
+    assert_eq!(status(&out, "chroot"), 137, "killed at chroot: {out:?}");
+
+    // A mount, from a session opened inside a private mount namespace (so
+    // that a mount the fallback kill cannot undo stays in there).
+    let mount = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", AGENTGATE, "--socket"])
+        .arg(&d.socket)
+        .args(["exec", "--intent", "test", "--", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none {}; echo mount=$?",
+            path_str(&mnt)
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        status(&mount, "mount"),
+        if lsm_mode { 32 } else { 137 },
+        "{mount:?}"
+    );
+
+    let events = d.wait_for(Duration::from_secs(10), |ev| {
+        ev.iter().filter(|e| s(e, "kind") == "guard").count() >= 3
+    });
+    let targets: Vec<&str> = events
+        .iter()
+        .filter(|e| s(e, "kind") == "guard")
+        .map(|e| s(e, "target"))
+        .collect();
+    for t in ["unshare:namespace", "chroot", "mount"] {
+        assert!(targets.contains(&t), "no guard event {t}: {targets:?}");
+    }
+    assert!(d.status().contains("mode: "), "the daemon still serves");
+
+    let plain = std::process::Command::new("sh")
+        .args(["-c", "unshare -U true; echo userns=$?"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&plain, "userns"), 0, "untagged unshare was touched");
+}

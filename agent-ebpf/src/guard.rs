@@ -1,0 +1,116 @@
+//! A tagged process may not step out from under its rules: new user or
+//! mount namespaces, mounts, chroot, pivot_root and setns change what a path
+//! names (a bind mount of `~/.ssh/id_rsa` onto `/tmp/x` reads as `/tmp/x`),
+//! and so are refused outright. LSM mode refuses with EPERM where a hook
+//! exists (`userns_create`, `sb_mount`, `move_mount`, in lsm.rs); the
+//! syscall tracepoints here kill the caller at entry for the rest, and for
+//! everything in fallback mode. A fork whose parent is killed before
+//! `copy_process` runs is not created: the kernel gives up a fork when a
+//! fatal signal is pending.
+use agent_common::{
+    ENFORCED_KILLED, ENFORCED_REFUSED, EventKind, Hook, MODE_LSM, PATH_MAX, ProcTag, Verdict,
+};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+
+use crate::{decide, decide::Judgement, enforce, record::Record, syscall_arg, tagging};
+
+const CLONE_NEWNS: u64 = 0x0002_0000;
+const CLONE_NEWUSER: u64 = 0x1000_0000;
+/// Namespaces whose creation changes what paths name or what the process
+/// may mount.
+const ESCAPE_FLAGS: u64 = CLONE_NEWNS | CLONE_NEWUSER;
+
+/// Reports an attempt a tagged process made on the guard or on its own
+/// confinement; `what` goes in the record's path.
+pub fn report(tag: &ProcTag, what: &[u8], enforced: u8) {
+    if let Ok(mut rec) = Record::begin(Hook::Exec, EventKind::Guard, tag) {
+        let n = what.len().min(PATH_MAX - 1);
+        if let Some(dest) = rec.data().get_mut(..n) {
+            dest.copy_from_slice(&what[..n]);
+        }
+        rec.header().path_len = n as u16;
+        rec.judge(&Judgement::of(Verdict::Deny, 0), enforced);
+        rec.emit(Hook::Exec);
+    }
+}
+
+/// Refuses (for the LSM hooks): reports and returns the EPERM to give.
+pub fn refuse(tag: &ProcTag, what: &[u8]) -> i32 {
+    report(tag, what, ENFORCED_REFUSED);
+    -enforce::EPERM
+}
+
+/// Kills a tagged caller at syscall entry, unless LSM mode refuses the same
+/// call in a hook (`lsm_refuses`). Self-protection holds in audit-only mode
+/// too: it guards agentgate, not the policy.
+fn kill_escape(what: &[u8], lsm_refuses: bool) -> u32 {
+    let Some(tag) = tagging::lookup_current() else {
+        return 0;
+    };
+    if lsm_refuses && decide::config().mode == MODE_LSM {
+        return 0;
+    }
+    enforce::kill_current();
+    report(&tag, what, ENFORCED_KILLED);
+    0
+}
+
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: a syscall argument slot of the tracepoint record.
+    unsafe { ctx.read_at::<u64>(syscall_arg(n)) }.unwrap_or(0)
+}
+
+#[tracepoint]
+pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 0) & ESCAPE_FLAGS == 0 {
+        return 0;
+    }
+    // userns_create refuses a new user namespace; a new mount namespace
+    // (root only) has no hook of its own, its mounts do.
+    kill_escape(b"unshare:namespace", arg(&ctx, 0) & CLONE_NEWNS == 0)
+}
+
+#[tracepoint]
+pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 0) & ESCAPE_FLAGS == 0 {
+        return 0;
+    }
+    kill_escape(b"clone:namespace", arg(&ctx, 0) & CLONE_NEWNS == 0)
+}
+
+#[tracepoint]
+pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
+    // clone3(struct clone_args *uargs, size_t size): flags come first.
+    let uargs = arg(&ctx, 0) as *const u64;
+    // SAFETY: a read of user memory, checked by the helper.
+    let flags = unsafe { bpf_probe_read_user(uargs) }.unwrap_or(0);
+    if flags & ESCAPE_FLAGS == 0 {
+        return 0;
+    }
+    kill_escape(b"clone3:namespace", flags & CLONE_NEWNS == 0)
+}
+
+#[tracepoint]
+pub fn sys_enter_setns(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"setns", false)
+}
+
+#[tracepoint]
+pub fn sys_enter_mount(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"mount", true)
+}
+
+#[tracepoint]
+pub fn sys_enter_move_mount(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"move_mount", true)
+}
+
+#[tracepoint]
+pub fn sys_enter_chroot(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"chroot", false)
+}
+
+#[tracepoint]
+pub fn sys_enter_pivot_root(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"pivot_root", false)
+}
