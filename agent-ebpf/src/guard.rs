@@ -66,7 +66,7 @@ pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // userns_create refuses a new user namespace; a new mount namespace
-    // (root only) has no hook of its own, its mounts do.
+    // has no hook of its own.
     kill_escape(b"unshare:namespace", arg(&ctx, 0) & CLONE_NEWNS == 0)
 }
 
