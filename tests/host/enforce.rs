@@ -730,6 +730,14 @@ fn a_session_opened_inside_a_session_can_only_narrow() {
     assert!(show.contains("profile:    default"), "{show}");
     let d = w.decision_on("connect", &format!("127.0.0.1:{port}"));
     assert_eq!(d["decision"]["verdict"], "deny", "{d}");
+    // Ending a session ends the sessions opened from it.
+    let end = w.d.cli(&["sessions", "end", parent_id]);
+    assert!(end.status.success(), "{end:?}");
+    let list = stdout(&w.d.cli(&["sessions", "list"]));
+    assert!(
+        !list.lines().any(|l| l.starts_with(&format!("{child_id}\t"))),
+        "{list}"
+    );
 
     let plain = w.untagged(&connect);
     assert_eq!(
