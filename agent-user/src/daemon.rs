@@ -15,6 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Framed;
 
 use crate::{
+    adopt,
     audit::{self, AuditLog},
     control::{self, HookCounters, Request, Response, request, response},
     enforce::Enforcer,
@@ -24,9 +25,11 @@ use crate::{
     loader,
     observer::{self, ReaderStats},
     output::JsonLines,
+    pins,
     policy::{self, PolicySet, SessionContext},
     referrals::{Grant, Referrals},
     sessions::{Ended, NewSession, Registry, Session},
+    state,
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +67,10 @@ pub struct DaemonArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = 8 << 20)]
     pub ring_bytes: u32,
+    /// Where maps and program links are pinned (on bpffs): they keep
+    /// enforcing while no daemon runs, and the next daemon adopts them.
+    #[arg(long, default_value = pins::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 /// What the daemon shares between its tasks. Lock order: engine, registry,
@@ -84,9 +91,24 @@ pub struct Shared {
     policy_paths: Vec<PathBuf>,
     pub(crate) audit_only: bool,
     programs: Vec<String>,
+    state_dir: PathBuf,
+    /// The policy's label names in bit order, saved with the sessions.
+    label_names: Mutex<Vec<String>>,
+}
+
+fn label_names(set: &PolicySet) -> Vec<String> {
+    set.labels().iter().map(|(n, _)| n.to_owned()).collect()
 }
 
 impl Shared {
+    /// Saves the registry for the next daemon (see `state`).
+    pub(crate) fn persist(&self, registry: &Registry) {
+        let labels = self.label_names.lock().unwrap();
+        if let Err(e) = state::save(&self.state_dir, &labels, registry.iter()) {
+            log::error!("saving the sessions: {e}");
+        }
+    }
+
     /// The session a live process is tagged with, if any.
     pub(crate) fn session_of(&self, pid: u32) -> Option<SessionId> {
         self.tags
@@ -230,6 +252,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Before touching the pins: a running daemon owns them.
+    if UnixStream::connect(&args.socket).await.is_ok() {
+        bail!(
+            "another agentgate daemon is running (socket {} answers)",
+            args.socket.display()
+        );
+    }
     let probe = loader::probe();
     let mode = choose_mode(args.mode, args.audit_only, &probe)?;
     let sink = journal::Sink::open(args.log, &args.journal_socket, args.log_allow)?;
@@ -248,6 +277,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut loaded = loader::load(&loader::Options {
         ring_bytes: args.ring_bytes,
         lsm: mode.kernel_mode == MODE_LSM,
+        pin_dir: args.pin_dir.clone(),
     })
     .context("starting the kernel side")?;
     let mut enforcer = Enforcer::take(&mut loaded.ebpf).context("reading the rule maps")?;
@@ -275,13 +305,23 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .with_context(|| format!("the kernel object lacks map {name}"))
     };
     let ring = RingBuf::try_from(take("EVENTS")?)?;
-    let tags = BpfHashMap::try_from(take("TAGS")?)?;
+    let mut tags = BpfHashMap::try_from(take("TAGS")?)?;
     let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
+    let mut registry = Registry::new();
+    adopt::restore(
+        &args.state_dir,
+        &set,
+        &loaded,
+        &mut tags,
+        &mut enforcer,
+        &mut registry,
+    )?;
+    let labels = label_names(&set);
     let reader = Arc::new(ReaderStats::default());
     let shared = Arc::new(Shared {
         tags: Mutex::new(tags),
         counters,
-        registry: Mutex::new(Registry::new()),
+        registry: Mutex::new(registry),
         reader: reader.clone(),
         mode: mode.name.to_owned(),
         mode_detail: mode.detail,
@@ -292,7 +332,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         policy_paths,
         audit_only: args.audit_only,
         programs: loaded.attached.clone(),
+        state_dir: args.state_dir.clone(),
+        label_names: Mutex::new(labels),
     });
+    shared.persist(&shared.registry.lock().unwrap());
 
     let listener = bind_socket(&args.socket).await?;
     log::info!("control socket at {}", args.socket.display());
@@ -319,7 +362,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         r = server => log::error!("control socket stopped: {r:?}"),
     }
     let _ = std::fs::remove_file(&args.socket);
-    drop(loaded);
+    log::info!(
+        "the pinned programs under {} keep enforcing the last rules until a daemon adopts them \
+         (`agentgate unload` removes them)",
+        loaded.generation.dir.display()
+    );
     Ok(())
 }
 
@@ -372,11 +419,13 @@ async fn expire_sessions(shared: Arc<Shared>) {
             );
         }
         let mut registry = shared.registry.lock().unwrap();
+        let mut changed = false;
         for s in registry.iter_mut() {
             if s.ended.is_some() || s.expires.is_none_or(|e| e > now) {
                 continue;
             }
             s.ended = Some(Ended::Expired);
+            changed = true;
             match shared.enforcer.lock().unwrap().expire(s.id, false) {
                 Ok(()) => log::warn!(
                     "session {} expired (TTL): every further call of its processes is refused",
@@ -384,6 +433,9 @@ async fn expire_sessions(shared: Arc<Shared>) {
                 ),
                 Err(e) => log::error!("session {}: marking it expired: {e}", s.id),
             }
+        }
+        if changed {
+            shared.persist(&registry);
         }
     }
 }
@@ -467,6 +519,8 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
         }
     }
     let n = registry.len();
+    *shared.label_names.lock().unwrap() = label_names(&set);
+    shared.persist(&registry);
     *engine = Arc::new(Engine::new(set));
     *shared.policy_hash.write().unwrap() = policy_hash(&shared.policy_paths);
     Ok(n)
@@ -712,6 +766,7 @@ fn open_session(
         shared.enforcer.lock().unwrap().remove(id);
         bail!("cannot tag pid {}: {e}", peer.pid);
     }
+    shared.persist(&registry);
     log::info!(
         "session {id} opened for pid {} (uid {}): {:?}",
         peer.pid,
@@ -746,6 +801,7 @@ fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()
     shared.enforcer.lock().unwrap().remove(id);
     shared.referrals.lock().unwrap().forget_session(id);
     registry.remove(id);
+    shared.persist(&registry);
     log::info!("session {id} ended by uid {}", peer.uid);
     Ok(())
 }

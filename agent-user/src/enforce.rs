@@ -78,16 +78,83 @@ impl Enforcer {
             let map = ebpf.take_map(name).ok_or(EnforceError::MissingMap(name))?;
             T::try_from(map).map_err(map_err(name))
         }
+        let policy: BpfHashMap<MapData, SessionId, SessionPolicy> = take(ebpf, "SESSION_POLICY")?;
+        // Adopted (pinned) maps hold a previous daemon's rulesets: new ids
+        // start past theirs.
+        let next_ruleset = policy
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, p)| p.ruleset)
+            .max()
+            .unwrap_or(0)
+            .wrapping_add(1)
+            .max(1);
         Ok(Self {
             path: take(ebpf, "PATH_RULES")?,
             suffix: take(ebpf, "PATH_SUFFIX_RULES")?,
             net: take(ebpf, "NET_RULES")?,
-            policy: take(ebpf, "SESSION_POLICY")?,
+            policy,
             labels: take(ebpf, "SESSION_LABELS")?,
             config: take(ebpf, "CONFIG")?,
             installed: HashMap::new(),
-            next_ruleset: 1,
+            next_ruleset,
         })
+    }
+
+    /// After adopting pinned maps: takes out the sessions `keep` rejects
+    /// (their policy and labels) and every rule entry no remaining session
+    /// points at (a previous daemon's rulesets, replaced since).
+    pub fn sweep(&mut self, keep: impl Fn(SessionId) -> bool) -> usize {
+        let sessions: Vec<(SessionId, u32)> = self
+            .policy
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, p)| (id, p.ruleset))
+            .collect();
+        let mut live = std::collections::HashSet::new();
+        for (id, ruleset) in sessions {
+            if keep(id) {
+                live.insert(ruleset);
+            } else {
+                let _ = self.policy.remove(&id);
+                let _ = self.labels.remove(&id);
+            }
+        }
+        let labelled: Vec<SessionId> = self.labels.keys().filter_map(Result::ok).collect();
+        for id in labelled {
+            if !keep(id) {
+                let _ = self.labels.remove(&id);
+            }
+        }
+        let mut removed = 0;
+        let stale: Vec<_> = self
+            .path
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.data().ruleset))
+            .collect();
+        for k in stale {
+            removed += self.path.remove(&k).is_ok() as usize;
+        }
+        let stale: Vec<_> = self
+            .suffix
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.data().ruleset))
+            .collect();
+        for k in stale {
+            removed += self.suffix.remove(&k).is_ok() as usize;
+        }
+        let stale: Vec<_> = self
+            .net
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.data().ruleset))
+            .collect();
+        for k in stale {
+            removed += self.net.remove(&k).is_ok() as usize;
+        }
+        removed
     }
 
     pub fn configure(&mut self, mode: u32, block: bool) -> Result<(), EnforceError> {

@@ -154,6 +154,13 @@ impl Registry {
         self.sessions.entry(id).or_insert(session)
     }
 
+    /// Takes back a session a previous daemon opened (its id is kept: the
+    /// pinned maps tag its processes with it).
+    pub fn restore(&mut self, session: Session) {
+        self.next = self.next.max(session.id);
+        self.sessions.insert(session.id, session);
+    }
+
     pub fn get(&self, id: SessionId) -> Option<&Session> {
         self.sessions.get(&id)
     }

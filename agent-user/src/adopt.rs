@@ -1,0 +1,216 @@
+//! A daemon that starts where an earlier one left pins takes over its
+//! sessions: the saved registry says what each session is, the kernel's
+//! maps say which processes are still in it and which labels it has earned.
+//! Sessions are compiled again against the current policy and put back in
+//! force before the control socket opens.
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
+
+use agent_common::{ProcTag, SessionId};
+use anyhow::Context;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+
+use crate::{
+    enforce::Enforcer,
+    engine::SessionHistory,
+    loader::Loaded,
+    pins::Generation,
+    policy::{self, PolicySet},
+    sessions::{Drift, Ended, Registry, Session},
+    state,
+};
+
+type Tags = BpfHashMap<MapData, u32, ProcTag>;
+
+fn pinned_hash<K: aya::Pod, V: aya::Pod>(
+    g: &Generation,
+    name: &str,
+) -> anyhow::Result<BpfHashMap<MapData, K, V>> {
+    let path = g.map(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    BpfHashMap::try_from(Map::HashMap(data))
+        .with_context(|| format!("{}: its layout differs from this version's", path.display()))
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// What the kernel still knows of the sessions.
+#[derive(Default)]
+struct KernelState {
+    /// Tags of live processes.
+    tags: Vec<(u32, ProcTag)>,
+    labels: HashMap<SessionId, u64>,
+}
+
+impl KernelState {
+    fn sessions(&self) -> HashSet<SessionId> {
+        self.tags.iter().map(|(_, t)| t.session).collect()
+    }
+
+    fn read_tags(&mut self, tags: &Tags) {
+        self.tags.extend(
+            tags.iter()
+                .filter_map(Result::ok)
+                .filter(|(pid, _)| alive(*pid)),
+        );
+    }
+
+    fn read_previous(&mut self, g: &Generation) -> anyhow::Result<()> {
+        self.read_tags(&pinned_hash(g, "TAGS")?);
+        let labels: BpfHashMap<MapData, SessionId, u64> = pinned_hash(g, "SESSION_LABELS")?;
+        self.labels.extend(labels.iter().filter_map(Result::ok));
+        Ok(())
+    }
+}
+
+/// Restores the saved sessions into `registry` and the kernel, carries an
+/// earlier object's tags over and removes its pins. Refuses (an error) when
+/// the saved registry cannot be read: the pinned programs keep enforcing the
+/// sessions' last rules meanwhile.
+pub fn restore(
+    state_dir: &Path,
+    set: &PolicySet,
+    loaded: &Loaded,
+    tags: &mut Tags,
+    enforcer: &mut Enforcer,
+    registry: &mut Registry,
+) -> anyhow::Result<()> {
+    let saved = state::load(state_dir).with_context(|| {
+        format!(
+            "reading the saved sessions (the pinned programs keep enforcing their last rules \
+             meanwhile; fix the file or move it aside to start without those sessions: their \
+             processes then keep their last rules until `agentgate unload`)"
+        )
+    })?;
+    let mut kernel = KernelState::default();
+    if loaded.adopted {
+        kernel.read_tags(tags);
+    }
+    let mut readable = Vec::new();
+    for g in &loaded.previous {
+        match kernel.read_previous(g) {
+            Ok(()) => readable.push(g),
+            Err(e) => log::error!(
+                "upgrade: cannot carry the sessions of {} over ({e:#}): its programs stay \
+                 attached and keep enforcing; `agentgate unload` removes everything",
+                g.dir.display()
+            ),
+        }
+    }
+    let live = kernel.sessions();
+    let saved = saved.unwrap_or_default();
+    let mut restored = HashSet::new();
+    for s in &saved.sessions {
+        if !live.contains(&s.id) {
+            log::info!(
+                "session {} ({:?}) not restored: its processes are gone",
+                s.id,
+                s.intent
+            );
+            continue;
+        }
+        let ctx = s.context();
+        let compiled = match policy::compile_session(set, &ctx) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!(
+                    "session {} (profile {:?}) no longer compiles against the policy: {e:#}; its \
+                     processes keep the rules they had",
+                    s.id,
+                    s.profile
+                );
+                continue;
+            }
+        };
+        enforcer
+            .install(s.id, &compiled.kernel)
+            .with_context(|| format!("session {}: installing its rules", s.id))?;
+        let ended = s.ended();
+        if let Some(e) = ended {
+            enforcer
+                .expire(s.id, e == Ended::Drifted)
+                .with_context(|| format!("session {}: marking it ended", s.id))?;
+        }
+        let kernel_labels = if loaded.adopted {
+            enforcer.labels(s.id)
+        } else {
+            kernel.labels.get(&s.id).copied().unwrap_or(0)
+        };
+        let labels = state::translate_labels(kernel_labels, &saved.labels, |n| set.labels().bit(n));
+        enforcer
+            .set_labels(s.id, labels)
+            .with_context(|| format!("session {}: restoring its labels", s.id))?;
+        let mut history = SessionHistory::new();
+        history.add_labels(labels);
+        registry.restore(Session {
+            id: s.id,
+            spec: s.spec(),
+            created: s.created(),
+            expires: s.expires(),
+            ctx,
+            compiled,
+            history,
+            ended,
+            drift: Drift::default(),
+        });
+        restored.insert(s.id);
+    }
+    let orphans: Vec<SessionId> = live.difference(&restored).copied().collect();
+    if !orphans.is_empty() {
+        log::warn!(
+            "tagged processes of session(s) {orphans:?} are alive but not restored: they keep the \
+             rules the kernel holds for them"
+        );
+    }
+    if loaded.adopted {
+        let n = enforcer.sweep(|id| live.contains(&id));
+        log::info!(
+            "restart: adopted the pinned maps and programs of this same object under {} (they \
+             never stopped); {} session(s) restored, {} stale rule entries removed",
+            loaded.generation.dir.display(),
+            restored.len(),
+            n
+        );
+    }
+    if loaded.previous.is_empty() {
+        if !loaded.adopted {
+            log::info!(
+                "fresh start: no earlier pins; maps and links pinned under {}",
+                loaded.generation.dir.display()
+            );
+        }
+        return Ok(());
+    }
+    // The new programs are attached and the sessions' rules installed: the
+    // tags go over, then the old programs come out. Until then both judge.
+    let mut carried = 0;
+    for (pid, tag) in &kernel.tags {
+        if tags.get(pid, 0).is_err() && tags.insert(pid, tag, 0).is_ok() {
+            carried += 1;
+        }
+    }
+    for g in readable {
+        if !orphans.is_empty() {
+            log::warn!(
+                "upgrade: {} stays attached for the sessions not restored",
+                g.dir.display()
+            );
+            continue;
+        }
+        match g.remove() {
+            Ok(()) => log::info!("upgrade: removed the old pins {}", g.dir.display()),
+            Err(e) => log::error!("upgrade: removing {}: {e}", g.dir.display()),
+        }
+    }
+    log::info!(
+        "upgrade: earlier pins were of a different object; loaded fresh maps under {}, carried \
+         {carried} tag(s) over, {} session(s) restored",
+        loaded.generation.dir.display(),
+        restored.len()
+    );
+    Ok(())
+}
