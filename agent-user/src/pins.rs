@@ -160,9 +160,6 @@ pub fn unload(pin_dir: &Path, socket: &Path) -> Result<Vec<PathBuf>, UnloadError
     if unsafe { libc::geteuid() } != 0 {
         return Err(UnloadError::NotRoot);
     }
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        return Err(UnloadError::DaemonRunning(socket.to_owned()));
-    }
     let all = generations(pin_dir);
     let pid = std::process::id();
     for g in &all {
@@ -181,6 +178,9 @@ pub fn unload(pin_dir: &Path, socket: &Path) -> Result<Vec<PathBuf>, UnloadError
                 session: tag.session,
             });
         }
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(UnloadError::DaemonRunning(socket.to_owned()));
     }
     for g in &all {
         g.remove()?;

@@ -1,0 +1,225 @@
+//! The programs and maps are pinned: while no daemon runs, the kernel keeps
+//! enforcing the last rules for tagged processes (and only for them); a new
+//! daemon on the same state and pin dirs adopts the sessions and goes on
+//! judging and reporting. `agentgate unload` is what ends enforcement.
+use std::{
+    fs,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const SECRET: &str = "top secret";
+
+/// Exit statuses of the session loop's attempts so far, one per line.
+fn attempts(file: &Path) -> Vec<i32> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits until the loop has made `more` attempts past `from`; returns them.
+fn next_attempts(file: &Path, from: usize, more: usize) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = attempts(file);
+        if a.len() >= from + more {
+            return a[from..].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session's loop stalled at {} attempts",
+            a.len()
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+fn open_events<'a>(events: &'a [Value], target: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| s(e, "kind") == "open" && s(e, "target") == target)
+        .collect()
+}
+
+/// The forbidden file, read outside any session.
+fn untagged_read(path: &Path) -> String {
+    let out = Command::new("cat").arg(path).output().unwrap();
+    assert!(out.status.success(), "untagged cat: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Session {
+    child: Child,
+    stop: std::path::PathBuf,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.stop, "");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn enforcement_outlives_the_daemon_and_a_new_daemon_adopts_the_session() {
+    let mut d = Daemon::start(&["--policy", path_str(&test_policy("enforce.yaml"))]);
+    let lsm = d.status().starts_with("mode: lsm");
+    // cat refused: EPERM (status 1) in lsm mode, SIGKILL in fallback mode.
+    let refused = if lsm { 1 } else { 137 };
+    let ws = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    fs::create_dir_all(ws.path().join("forbidden")).unwrap();
+    let secret = ws.path().join("forbidden/secret.txt");
+    fs::write(&secret, SECRET).unwrap();
+    let log = ws.path().join("attempts");
+    let stop = ws.path().join("stop");
+    // Absolute paths: the kernel judges them in both modes, daemon or not.
+    let script = format!(
+        "while [ ! -e {stop} ]; do cat {secret} >/dev/null 2>&1; echo $? >> {log}; sleep 0.2; done",
+        stop = path_str(&stop),
+        secret = path_str(&secret),
+        log = path_str(&log),
+    );
+    let child = Command::new(AGENTGATE)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["exec", "--workspace", path_str(ws.path())])
+        .args(["--intent", "restart test", "--", "sh", "-c", &script])
+        .env("HOME", home.path())
+        .env_remove("LD_LIBRARY_PATH")
+        .current_dir(ws.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut session = Session {
+        child,
+        stop: stop.clone(),
+    };
+
+    let before = next_attempts(&log, 0, 3);
+    assert!(before.iter().all(|s| *s == refused), "{before:?}");
+    let listed = String::from_utf8(d.cli(&["sessions", "list"]).stdout).unwrap();
+    assert!(listed.contains("restart test"), "{listed}");
+    let target = path_str(&secret);
+    let reported = open_events(&d.events(Duration::from_millis(500)), target).len();
+    assert!(reported > 0, "no open event on {target}: {}", d.log());
+
+    // No daemon: the pinned programs go on refusing, for the session only.
+    d.stop();
+    assert!(!d.alive());
+    assert!(
+        fs::read_dir(&d.pin_dir).unwrap().next().is_some(),
+        "the pins stay"
+    );
+    let from = attempts(&log).len();
+    let down = next_attempts(&log, from, 5);
+    assert!(
+        down.iter().all(|s| *s == refused),
+        "attempts while no daemon ran: {down:?}"
+    );
+    assert!(
+        matches!(session.child.try_wait(), Ok(None)),
+        "the session lives on"
+    );
+    assert_eq!(untagged_read(&secret), SECRET);
+
+    // A new daemon adopts the pins and the session.
+    let t = Instant::now();
+    d.restart();
+    let took = t.elapsed();
+    let log_text = d.log();
+    assert!(
+        log_text.contains("restart: adopted the pinned maps and programs of this same object"),
+        "{log_text}"
+    );
+    eprintln!(
+        "restart: the new daemon answered {} ms after it was started",
+        took.as_millis()
+    );
+    let listed = String::from_utf8(d.cli(&["sessions", "list"]).stdout).unwrap();
+    assert!(
+        listed.contains("restart test"),
+        "session not restored: {listed}\n{log_text}"
+    );
+    let from = attempts(&log).len();
+    let after = next_attempts(&log, from, 3);
+    assert!(after.iter().all(|s| *s == refused), "{after:?}");
+    assert_eq!(untagged_read(&secret), SECRET);
+    // Reporting goes on, including the calls made while no daemon ran:
+    // their records waited in the pinned ring buffer.
+    let total = attempts(&log).len();
+    let events = d.wait_for(Duration::from_secs(20), |ev| {
+        open_events(ev, target).len() >= total
+    });
+    let opens = open_events(&events, target);
+    eprintln!(
+        "restart: {} open events reported for {total} attempts ({reported} before the stop)",
+        opens.len()
+    );
+    assert!(opens.len() > reported + down.len(), "{}", d.log());
+    let last = opens.last().unwrap();
+    assert_ne!(last["kernel"]["verdict"], "allow", "{last}");
+
+    // Unload ends enforcement: the same loop now reads the file.
+    d.stop();
+    let out = d.cli(&["unload", "--pin-dir", path_str(&d.pin_dir)]);
+    assert!(out.status.success(), "unload: {out:?}");
+    assert!(!d.pin_dir.exists());
+    let from = attempts(&log).len();
+    let unloaded = next_attempts(&log, from + 1, 2);
+    assert!(unloaded.iter().all(|s| *s == 0), "{unloaded:?}");
+}
+
+#[test]
+fn unload_is_refused_inside_a_session_and_while_the_daemon_runs() {
+    let mut d = Daemon::start(&[]);
+    let pin_dir = path_str(&d.pin_dir).to_owned();
+    let out = d.cli(&["unload", "--pin-dir", &pin_dir]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a daemon is running"), "{err}");
+
+    // From inside a session, even with the daemon gone.
+    let script =
+        format!("{AGENTGATE} --socket /nonexistent unload --pin-dir {pin_dir}; echo status=$?");
+    let child = Command::new(AGENTGATE)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["exec", "--intent", "test", "--", "sh", "-c"])
+        .arg(format!("sleep 1; {script}"))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(300));
+    d.stop();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("status=1"), "{text} {err}");
+    // Fallback: the caller's tag is read from the pinned map; lsm: the
+    // kernel refuses bpf() to a tagged process, so the tag cannot be read.
+    assert!(
+        err.contains("is inside session") || err.contains("cannot tell whether"),
+        "{err}"
+    );
+    assert!(d.pin_dir.exists(), "the pins stay");
+}
