@@ -56,17 +56,70 @@ fn untagged_read(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-struct Session {
+/// A session whose shell tries to read a forbidden file every 0.2 s and
+/// writes each attempt's exit status to a file.
+struct Loop {
     child: Child,
-    stop: std::path::PathBuf,
+    ws: tempfile::TempDir,
+    _home: tempfile::TempDir,
 }
 
-impl Drop for Session {
+impl Loop {
+    fn start(d: &Daemon) -> Self {
+        let ws = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        fs::create_dir_all(ws.path().join("forbidden")).unwrap();
+        let secret = ws.path().join("forbidden/secret.txt");
+        fs::write(&secret, SECRET).unwrap();
+        // Absolute paths: the kernel judges them in both modes, daemon or not.
+        let script = format!(
+            "while [ ! -e {stop} ]; do cat {secret} >/dev/null 2>&1; echo $? >> {log}; sleep 0.2; done",
+            stop = path_str(&ws.path().join("stop")),
+            secret = path_str(&secret),
+            log = path_str(&ws.path().join("attempts")),
+        );
+        let child = Command::new(AGENTGATE)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["exec", "--workspace", path_str(ws.path())])
+            .args(["--intent", "restart test", "--", "sh", "-c", &script])
+            .env("HOME", home.path())
+            .env_remove("LD_LIBRARY_PATH")
+            .current_dir(ws.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Loop {
+            child,
+            ws,
+            _home: home,
+        }
+    }
+
+    fn secret(&self) -> std::path::PathBuf {
+        self.ws.path().join("forbidden/secret.txt")
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.ws.path().join("attempts")
+    }
+
+    fn stop(&self) -> std::path::PathBuf {
+        self.ws.path().join("stop")
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = fs::write(&self.stop, "");
+        let _ = fs::write(self.stop(), "");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if !self.alive() {
                 return;
             }
             sleep(Duration::from_millis(50));
@@ -76,42 +129,22 @@ impl Drop for Session {
     }
 }
 
+/// Exit status of a refused `cat`: EPERM (1) in lsm mode, SIGKILL in
+/// fallback mode.
+fn refused(d: &Daemon) -> i32 {
+    if d.status().starts_with("mode: lsm") {
+        1
+    } else {
+        137
+    }
+}
+
 #[test]
 fn enforcement_outlives_the_daemon_and_a_new_daemon_adopts_the_session() {
     let mut d = Daemon::start(&["--policy", path_str(&test_policy("enforce.yaml"))]);
-    let lsm = d.status().starts_with("mode: lsm");
-    // cat refused: EPERM (status 1) in lsm mode, SIGKILL in fallback mode.
-    let refused = if lsm { 1 } else { 137 };
-    let ws = tempfile::tempdir().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    fs::create_dir_all(ws.path().join("forbidden")).unwrap();
-    let secret = ws.path().join("forbidden/secret.txt");
-    fs::write(&secret, SECRET).unwrap();
-    let log = ws.path().join("attempts");
-    let stop = ws.path().join("stop");
-    // Absolute paths: the kernel judges them in both modes, daemon or not.
-    let script = format!(
-        "while [ ! -e {stop} ]; do cat {secret} >/dev/null 2>&1; echo $? >> {log}; sleep 0.2; done",
-        stop = path_str(&stop),
-        secret = path_str(&secret),
-        log = path_str(&log),
-    );
-    let child = Command::new(AGENTGATE)
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["exec", "--workspace", path_str(ws.path())])
-        .args(["--intent", "restart test", "--", "sh", "-c", &script])
-        .env("HOME", home.path())
-        .env_remove("LD_LIBRARY_PATH")
-        .current_dir(ws.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut session = Session {
-        child,
-        stop: stop.clone(),
-    };
+    let refused = refused(&d);
+    let mut session = Loop::start(&d);
+    let (log, secret) = (session.log(), session.secret());
 
     let before = next_attempts(&log, 0, 3);
     assert!(before.iter().all(|s| *s == refused), "{before:?}");
@@ -134,10 +167,7 @@ fn enforcement_outlives_the_daemon_and_a_new_daemon_adopts_the_session() {
         down.iter().all(|s| *s == refused),
         "attempts while no daemon ran: {down:?}"
     );
-    assert!(
-        matches!(session.child.try_wait(), Ok(None)),
-        "the session lives on"
-    );
+    assert!(session.alive(), "the session lives on");
     assert_eq!(untagged_read(&secret), SECRET);
 
     // A new daemon adopts the pins and the session.
@@ -185,6 +215,74 @@ fn enforcement_outlives_the_daemon_and_a_new_daemon_adopts_the_session() {
     let from = attempts(&log).len();
     let unloaded = next_attempts(&log, from + 1, 2);
     assert!(unloaded.iter().all(|s| *s == 0), "{unloaded:?}");
+}
+
+/// Another object (here: other load options, as after an upgrade) cannot
+/// reuse the pinned maps: the new daemon loads fresh ones, attaches its
+/// programs, carries the tags over, and only then removes the old pins.
+#[test]
+fn a_daemon_with_another_object_carries_the_session_over_without_a_gap() {
+    let policy = test_policy("enforce.yaml");
+    let mut d = Daemon::start(&["--policy", path_str(&policy)]);
+    let refused = refused(&d);
+    let session = Loop::start(&d);
+    let log = session.log();
+    next_attempts(&log, 0, 3);
+    let old: Vec<_> = fs::read_dir(&d.pin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    d.stop();
+    d.restart_with(&["--policy", path_str(&policy), "--ring-bytes", "4194304"]);
+    let log_text = d.log();
+    assert!(
+        log_text.contains("upgrade: earlier pins were of a different object"),
+        "{log_text}"
+    );
+    let now: Vec<_> = fs::read_dir(&d.pin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(now.len(), 1, "the old pins are gone: {now:?}");
+    assert_ne!(now, old);
+    let listed = String::from_utf8(d.cli(&["sessions", "list"]).stdout).unwrap();
+    assert!(listed.contains("restart test"), "{listed}\n{log_text}");
+    let from = attempts(&log).len();
+    next_attempts(&log, from, 3);
+    // Every attempt, before, during and after the swap, was refused.
+    let all = attempts(&log);
+    assert!(all.iter().all(|s| *s == refused), "{all:?}");
+    assert_eq!(untagged_read(&session.secret()), SECRET);
+}
+
+/// The saved sessions cannot be read: the daemon does not start (it would
+/// otherwise forget sessions whose processes the kernel still holds), and
+/// says which file; the pinned programs keep enforcing meanwhile.
+#[test]
+fn a_corrupt_session_file_stops_the_start_with_its_path() {
+    let mut d = Daemon::start(&[]);
+    d.stop();
+    let file = d.dir.path().join("state/sessions.json");
+    fs::write(&file, "{\"version\": 1, \"sessions\": [").unwrap();
+    let out = Command::new(AGENTGATE)
+        .arg("daemon")
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--state-dir")
+        .arg(d.dir.path().join("state"))
+        .arg("--pin-dir")
+        .arg(&d.pin_dir)
+        .arg("--policy")
+        .arg(test_policy("observe.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(path_str(&file)) && err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(d.pin_dir.exists(), "the pins stay");
 }
 
 #[test]

@@ -128,7 +128,14 @@ impl Daemon {
     /// A new daemon with the same arguments, state dir, socket and pin dir
     /// (the previous one stopped); returns once its socket is open.
     pub fn restart(&mut self) {
+        let args = self.args.clone();
+        self.restart_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// The same with other arguments.
+    pub fn restart_with(&mut self, args: &[&str]) {
         assert!(!self.alive(), "restart: the daemon still runs");
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
         self.child = Self::spawn(self.dir.path(), &self.socket, &self.pin_dir, &self.args);
         self.wait_ready();
     }
