@@ -79,13 +79,11 @@ pub fn restore(
     enforcer: &mut Enforcer,
     registry: &mut Registry,
 ) -> anyhow::Result<()> {
-    let saved = state::load(state_dir).with_context(|| {
-        format!(
-            "reading the saved sessions (the pinned programs keep enforcing their last rules \
-             meanwhile; fix the file or move it aside to start without those sessions: their \
-             processes then keep their last rules until `agentgate unload`)"
-        )
-    })?;
+    let saved = state::load(state_dir).context(
+        "reading the saved sessions (the pinned programs keep enforcing their last rules \
+         meanwhile; fix the file or move it aside to start without those sessions: their \
+         processes then keep their last rules until `agentgate unload`)",
+    )?;
     let mut kernel = KernelState::default();
     if loaded.adopted {
         kernel.read_tags(tags);
