@@ -362,6 +362,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         r = server => log::error!("control socket stopped: {r:?}"),
     }
     let _ = std::fs::remove_file(&args.socket);
+    if let Err(e) = shared.enforcer.lock().unwrap().unguard() {
+        log::error!("releasing the guard on this daemon's pid: {e}");
+    }
     log::info!(
         "the pinned programs under {} keep enforcing the last rules until a daemon adopts them \
          (`agentgate unload` removes them)",

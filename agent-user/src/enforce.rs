@@ -167,6 +167,14 @@ impl Enforcer {
         self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
     }
 
+    /// The daemon is leaving: no pid is guarded any more (the number will
+    /// be reused), the rest of the configuration stays in force.
+    pub fn unguard(&mut self) -> Result<(), EnforceError> {
+        let mut cfg = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        cfg.guard_tgid = 0;
+        self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
+    }
+
     /// Puts `rules` in force for `session`, replacing what it had. The new
     /// entries go in under a fresh ruleset id before the session is pointed
     /// at them, and the old ones come out after: a call is judged by one
