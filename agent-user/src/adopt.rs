@@ -67,6 +67,34 @@ impl KernelState {
     }
 }
 
+/// Copies the live tags of the earlier generations into `tags`, pass after
+/// pass until one finds nothing new. A process forked during a pass by a
+/// parent not yet copied is tagged in the old map only; once a pass copies
+/// nothing, every tagged process is in the new map, and the new programs tag
+/// whatever they fork from then on.
+fn carry_tags(from: &[&Generation], tags: &mut Tags) -> anyhow::Result<usize> {
+    let mut carried = 0;
+    for _ in 0..16 {
+        let mut old = KernelState::default();
+        for g in from {
+            old.read_tags(&pinned_hash(g, "TAGS")?);
+        }
+        let mut copied = 0;
+        for (pid, tag) in &old.tags {
+            if tags.get(pid, 0).is_err() {
+                tags.insert(pid, tag, 0)
+                    .with_context(|| format!("carrying the tag of pid {pid} over"))?;
+                copied += 1;
+            }
+        }
+        carried += copied;
+        if copied == 0 {
+            return Ok(carried);
+        }
+    }
+    anyhow::bail!("the tags did not settle after 16 passes (a fork storm?)")
+}
+
 /// Restores the saved sessions into `registry` and the kernel, carries an
 /// earlier object's tags over and removes its pins. Refuses (an error) when
 /// the saved registry cannot be read: the pinned programs keep enforcing the
@@ -185,12 +213,7 @@ pub fn restore(
     }
     // The new programs are attached and the sessions' rules installed: the
     // tags go over, then the old programs come out. Until then both judge.
-    let mut carried = 0;
-    for (pid, tag) in &kernel.tags {
-        if tags.get(pid, 0).is_err() && tags.insert(pid, tag, 0).is_ok() {
-            carried += 1;
-        }
-    }
+    let carried = carry_tags(&readable, tags)?;
     for g in readable {
         if !orphans.is_empty() {
             log::warn!(

@@ -295,20 +295,29 @@ fn unload_is_refused_inside_a_session_and_while_the_daemon_runs() {
     assert!(err.contains("a daemon is running"), "{err}");
 
     // From inside a session, even with the daemon gone.
-    let script =
-        format!("{AGENTGATE} --socket /nonexistent unload --pin-dir {pin_dir}; echo status=$?");
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.1; done; \
+         {AGENTGATE} --socket /nonexistent unload --pin-dir {pin_dir}; echo status=$?",
+        go = path_str(&go)
+    );
     let child = Command::new(AGENTGATE)
         .arg("--socket")
         .arg(&d.socket)
-        .args(["exec", "--intent", "test", "--", "sh", "-c"])
-        .arg(format!("sleep 1; {script}"))
+        .args(["exec", "--intent", "unload test", "--", "sh", "-c", &script])
         .env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&d.cli(&["sessions", "list"]).stdout).contains("unload test") {
+        assert!(Instant::now() < deadline, "the session did not open");
+        sleep(Duration::from_millis(100));
+    }
     d.stop();
+    fs::write(&go, "").unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
