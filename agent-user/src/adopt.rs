@@ -19,10 +19,21 @@ use crate::{
     pins::Generation,
     policy::{self, PolicySet},
     sessions::{Drift, Ended, Registry, Session},
-    state,
+    state::{self, Saved},
 };
 
 type Tags = BpfHashMap<MapData, u32, ProcTag>;
+
+/// The saved registry, read before anything is loaded. A file that cannot be
+/// read stops the start: the pinned programs keep enforcing the sessions'
+/// last rules meanwhile.
+pub fn saved_sessions(state_dir: &Path) -> anyhow::Result<Option<Saved>> {
+    state::load(state_dir).context(
+        "reading the saved sessions (the pinned programs keep enforcing their last rules \
+         meanwhile; fix the file or move it aside to start without those sessions: their \
+         processes then keep their last rules until `agentgate unload`)",
+    )
+}
 
 fn pinned_hash<K: aya::Pod, V: aya::Pod>(
     g: &Generation,
@@ -96,22 +107,15 @@ fn carry_tags(from: &[&Generation], tags: &mut Tags) -> anyhow::Result<usize> {
 }
 
 /// Restores the saved sessions into `registry` and the kernel, carries an
-/// earlier object's tags over and removes its pins. Refuses (an error) when
-/// the saved registry cannot be read: the pinned programs keep enforcing the
-/// sessions' last rules meanwhile.
+/// earlier object's tags over and removes its pins.
 pub fn restore(
-    state_dir: &Path,
+    saved: Option<Saved>,
     set: &PolicySet,
     loaded: &Loaded,
     tags: &mut Tags,
     enforcer: &mut Enforcer,
     registry: &mut Registry,
 ) -> anyhow::Result<()> {
-    let saved = state::load(state_dir).context(
-        "reading the saved sessions (the pinned programs keep enforcing their last rules \
-         meanwhile; fix the file or move it aside to start without those sessions: their \
-         processes then keep their last rules until `agentgate unload`)",
-    )?;
     let mut kernel = KernelState::default();
     if loaded.adopted {
         kernel.read_tags(tags);

@@ -259,6 +259,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             args.socket.display()
         );
     }
+    let saved = adopt::saved_sessions(&args.state_dir)?;
     let probe = loader::probe();
     let mode = choose_mode(args.mode, args.audit_only, &probe)?;
     let sink = journal::Sink::open(args.log, &args.journal_socket, args.log_allow)?;
@@ -309,7 +310,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
     let mut registry = Registry::new();
     adopt::restore(
-        &args.state_dir,
+        saved,
         &set,
         &loaded,
         &mut tags,
