@@ -330,3 +330,77 @@ fn unload_is_refused_inside_a_session_and_while_the_daemon_runs() {
     );
     assert!(d.pin_dir.exists(), "the pins stay");
 }
+
+/// A session reads its key (the kernel sets `secret-read`), the daemon is
+/// replaced (`restart_args`: `None` for the same object), then the session
+/// connects: refused, by the label the kernel kept or the new daemon
+/// carried over.
+fn a_label_survives(restart_args: Option<&[&str]>) {
+    let policy = test_policy("enforce.yaml");
+    let mut d = Daemon::start(&["--policy", path_str(&policy)]);
+    let home = tempfile::tempdir().unwrap();
+    fs::create_dir_all(home.path().join(".ssh")).unwrap();
+    let key = home.path().join(".ssh/id_ed25519");
+    fs::write(&key, "PRIVATE KEY").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let go = home.path().join("go");
+    let script = format!(
+        "cat {key} >/dev/null; echo read=$?; while [ ! -e {go} ]; do sleep 0.1; done; \
+         {python} -c 'import socket; s=socket.socket(); print(\"errno=\" + str(s.connect_ex((\"127.0.0.1\", {port}))))'",
+        key = path_str(&key),
+        go = path_str(&go),
+        python = python(),
+    );
+    let child = Command::new(AGENTGATE)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["exec", "--workspace", path_str(home.path())])
+        .args(["--intent", "label test", "--", "sh", "-c", &script])
+        .env("HOME", home.path())
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    d.wait_for(Duration::from_secs(60), |ev| {
+        ev.iter()
+            .any(|e| s(e, "kind") == "open" && s(e, "target") == path_str(&key))
+    });
+    d.stop();
+    match restart_args {
+        None => d.restart(),
+        Some(args) => {
+            let mut all = vec!["--policy", path_str(&policy)];
+            all.extend_from_slice(args);
+            d.restart_with(&all);
+        }
+    }
+    let listed = String::from_utf8(d.cli(&["sessions", "list"]).stdout).unwrap();
+    assert!(listed.contains("label test"), "{listed}\n{}", d.log());
+    fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("read=0"), "{text}");
+    assert!(
+        text.contains("errno=1"),
+        "the connect after the key read went through: {text}\n{}",
+        d.log()
+    );
+    // Another session, without the label, connects.
+    let out = d.exec_sh(&format!(
+        "{} -c 'import socket; s=socket.socket(); print(\"errno=\" + str(s.connect_ex((\"127.0.0.1\", {port}))))'",
+        python()
+    ));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("errno=0"));
+}
+
+#[test]
+fn a_label_earned_before_a_restart_holds_after_it() {
+    a_label_survives(None);
+}
+
+#[test]
+fn a_label_earned_before_an_upgrade_holds_after_it() {
+    a_label_survives(Some(&["--ring-bytes", "4194304"]));
+}
