@@ -59,6 +59,12 @@ pub enum Command {
     Reject { id: u64 },
     /// Verify and export the audit log.
     Audit(crate::audit::cli::AuditArgs),
+    /// Remove the pinned programs and maps (uninstall): enforcement stops.
+    /// Needs root, no running daemon, and a caller outside every session.
+    Unload {
+        #[arg(long, default_value = crate::pins::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// From an agent runtime inside a session: declare a tool call. Until
     /// it ends, the session's calls are attributed to it and judged by the
     /// tool's scope (the profile's `tools:`) as well as the session's.
@@ -162,6 +168,7 @@ pub fn main() -> ExitCode {
         ),
         Command::Audit(args) => crate::audit::cli::run(args),
         Command::Action { command } => action(&cli.socket, command),
+        Command::Unload { pin_dir } => unload(&pin_dir, &cli.socket),
     };
     match result {
         Ok(code) => code,
@@ -170,6 +177,18 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn unload(pin_dir: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
+    let removed = crate::pins::unload(pin_dir, socket)
+        .with_context(|| format!("unloading {}", pin_dir.display()))?;
+    for dir in &removed {
+        println!("removed {} (its programs are detached)", dir.display());
+    }
+    if removed.is_empty() {
+        println!("nothing pinned under {}", pin_dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime(multi: bool) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -17,18 +17,21 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Framed;
 
 use crate::{
+    adopt,
     audit::{self, AuditLog},
     control::{self, HookCounters, Request, Response, request, response},
-    enforce::{Enforcer, KernelRuleset},
+    enforce::Enforcer,
     engine::Engine,
     journal::{self, LogTarget},
     judge::Judge,
     loader,
     observer::{self, ReaderStats},
     output::{self, JsonLines},
+    pins,
     policy::{self, PolicySet, SessionContext},
     referrals::{Grant, Referrals},
     sessions::{Action, Ended, NewSession, Registry, Session},
+    state,
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,10 @@ pub struct DaemonArgs {
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = 8 << 20)]
     pub ring_bytes: u32,
+    /// Where maps and program links are pinned (on bpffs): they keep
+    /// enforcing while no daemon runs, and the next daemon adopts them.
+    #[arg(long, default_value = pins::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 /// What the daemon shares between its tasks. Lock order: engine, registry,
@@ -86,9 +93,24 @@ pub struct Shared {
     policy_paths: Vec<PathBuf>,
     pub(crate) audit_only: bool,
     programs: Vec<String>,
+    state_dir: PathBuf,
+    /// The policy's label names in bit order, saved with the sessions.
+    label_names: Mutex<Vec<String>>,
+}
+
+fn label_names(set: &PolicySet) -> Vec<String> {
+    set.labels().iter().map(|(n, _)| n.to_owned()).collect()
 }
 
 impl Shared {
+    /// Saves the registry for the next daemon (see `state`).
+    pub(crate) fn persist(&self, registry: &Registry) {
+        let labels = self.label_names.lock().unwrap();
+        if let Err(e) = state::save(&self.state_dir, &labels, registry.iter()) {
+            log::error!("saving the sessions: {e}");
+        }
+    }
+
     /// The session a live process is tagged with, if any.
     pub(crate) fn session_of(&self, pid: u32) -> Option<SessionId> {
         self.tags
@@ -232,6 +254,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Before touching the pins: a running daemon owns them.
+    if UnixStream::connect(&args.socket).await.is_ok() {
+        bail!(
+            "another agentgate daemon is running (socket {} answers)",
+            args.socket.display()
+        );
+    }
+    let saved = adopt::saved_sessions(&args.state_dir)?;
     let probe = loader::probe();
     let mode = choose_mode(args.mode, args.audit_only, &probe)?;
     let sink = journal::Sink::open(args.log, &args.journal_socket, args.log_allow)?;
@@ -250,6 +280,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut loaded = loader::load(&loader::Options {
         ring_bytes: args.ring_bytes,
         lsm: mode.kernel_mode == MODE_LSM,
+        pin_dir: args.pin_dir.clone(),
     })
     .context("starting the kernel side")?;
     let mut enforcer = Enforcer::take(&mut loaded.ebpf).context("reading the rule maps")?;
@@ -277,13 +308,23 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .with_context(|| format!("the kernel object lacks map {name}"))
     };
     let ring = RingBuf::try_from(take("EVENTS")?)?;
-    let tags = BpfHashMap::try_from(take("TAGS")?)?;
+    let mut tags = BpfHashMap::try_from(take("TAGS")?)?;
     let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
+    let mut registry = Registry::new();
+    adopt::restore(
+        saved,
+        &set,
+        &loaded,
+        &mut tags,
+        &mut enforcer,
+        &mut registry,
+    )?;
+    let labels = label_names(&set);
     let reader = Arc::new(ReaderStats::default());
     let shared = Arc::new(Shared {
         tags: Mutex::new(tags),
         counters,
-        registry: Mutex::new(Registry::new()),
+        registry: Mutex::new(registry),
         reader: reader.clone(),
         mode: mode.name.to_owned(),
         mode_detail: mode.detail,
@@ -294,7 +335,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         policy_paths,
         audit_only: args.audit_only,
         programs: loaded.attached.clone(),
+        state_dir: args.state_dir.clone(),
+        label_names: Mutex::new(labels),
     });
+    shared.persist(&shared.registry.lock().unwrap());
 
     let listener = bind_socket(&args.socket).await?;
     log::info!("control socket at {}", args.socket.display());
@@ -321,7 +365,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         r = server => log::error!("control socket stopped: {r:?}"),
     }
     let _ = std::fs::remove_file(&args.socket);
-    drop(loaded);
+    if let Err(e) = shared.enforcer.lock().unwrap().unguard() {
+        log::error!("releasing the guard on this daemon's pid: {e}");
+    }
+    log::info!(
+        "the pinned programs under {} keep enforcing the last rules until a daemon adopts them \
+         (`agentgate unload` removes them)",
+        loaded.generation.dir.display()
+    );
     Ok(())
 }
 
@@ -379,11 +430,13 @@ async fn expire_sessions(shared: Arc<Shared>) {
             );
         }
         let mut registry = shared.registry.lock().unwrap();
+        let mut changed = false;
         for s in registry.iter_mut() {
             if s.ended.is_some() || s.expires.is_none_or(|e| e > now) {
                 continue;
             }
             s.ended = Some(Ended::Expired);
+            changed = true;
             match shared.enforcer.lock().unwrap().expire(s.id, false) {
                 Ok(()) => log::warn!(
                     "session {} expired (TTL): every further call of its processes is refused",
@@ -391,6 +444,9 @@ async fn expire_sessions(shared: Arc<Shared>) {
                 ),
                 Err(e) => log::error!("session {}: marking it expired: {e}", s.id),
             }
+        }
+        if changed {
+            shared.persist(&registry);
         }
     }
 }
@@ -451,10 +507,8 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
     }
     let mut enforcer = shared.enforcer.lock().unwrap();
     for (id, parent, c, tools) in &compiled {
-        let tools: Vec<(&str, &KernelRuleset)> =
-            tools.iter().map(|(n, t)| (n.as_str(), &t.kernel)).collect();
         enforcer
-            .install(*id, &c.kernel, &tools, *parent)
+            .install(*id, &c.kernel, &policy::kernel_tools(tools), *parent)
             .with_context(|| format!("session {id}: installing its rules"))?;
     }
     let old = engine.policy().clone();
@@ -480,6 +534,8 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
     }
     drop(referrals);
     let n = registry.len();
+    *shared.label_names.lock().unwrap() = label_names(&set);
+    shared.persist(&registry);
     *engine = Arc::new(Engine::new(set));
     *shared.policy_hash.write().unwrap() = policy_hash(&shared.policy_paths);
     Ok(n)
@@ -719,13 +775,11 @@ fn open_session(
     let parent = delegation.as_ref().map_or(0, |d| d.id);
     let mut registry = shared.registry.lock().unwrap();
     let id = registry.next_id();
-    let kernel_tools: Vec<(&str, &KernelRuleset)> =
-        tools.iter().map(|(n, c)| (n.as_str(), &c.kernel)).collect();
     shared
         .enforcer
         .lock()
         .unwrap()
-        .install(id, &compiled.kernel, &kernel_tools, parent)
+        .install(id, &compiled.kernel, &policy::kernel_tools(&tools), parent)
         .context("installing the session's rules in the kernel")?;
     let session = registry.open(
         NewSession {
@@ -757,6 +811,7 @@ fn open_session(
         shared.enforcer.lock().unwrap().remove(id);
         bail!("cannot tag pid {}: {e}", peer.pid);
     }
+    shared.persist(&registry);
     log::info!(
         "session {id} opened for pid {} (uid {}){}: {:?}",
         peer.pid,
@@ -958,6 +1013,7 @@ fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()
         shared.referrals.lock().unwrap().forget_session(*s);
         registry.remove(*s);
     }
+    shared.persist(&registry);
     log::info!(
         "session {id} ended by uid {}{}{}",
         peer.uid,

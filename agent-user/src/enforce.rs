@@ -89,16 +89,80 @@ impl Enforcer {
             let map = ebpf.take_map(name).ok_or(EnforceError::MissingMap(name))?;
             T::try_from(map).map_err(map_err(name))
         }
+        let policy: BpfHashMap<MapData, SessionId, SessionPolicy> = take(ebpf, "SESSION_POLICY")?;
+        // Adopted (pinned) maps hold a previous daemon's rulesets: new ids
+        // start past theirs.
+        let next_ruleset = policy
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, p)| p.rules.ruleset.max(p.tool.ruleset))
+            .max()
+            .unwrap_or(0)
+            .wrapping_add(1)
+            .max(1);
         Ok(Self {
             path: take(ebpf, "PATH_RULES")?,
             suffix: take(ebpf, "PATH_SUFFIX_RULES")?,
             net: take(ebpf, "NET_RULES")?,
-            policy: take(ebpf, "SESSION_POLICY")?,
+            policy,
             labels: take(ebpf, "SESSION_LABELS")?,
             config: take(ebpf, "CONFIG")?,
             installed: HashMap::new(),
-            next_ruleset: 1,
+            next_ruleset,
         })
+    }
+
+    /// After adopting pinned maps: takes out the sessions `keep` rejects
+    /// (their policy and labels) and every rule entry no remaining session
+    /// points at (a previous daemon's rulesets, replaced since).
+    pub fn sweep(&mut self, keep: impl Fn(SessionId) -> bool) -> usize {
+        let sessions: Vec<(SessionId, SessionPolicy)> =
+            self.policy.iter().filter_map(Result::ok).collect();
+        let mut live = std::collections::HashSet::new();
+        for (id, p) in sessions {
+            if keep(id) {
+                live.insert(p.rules.ruleset);
+                live.insert(p.tool.ruleset);
+            } else {
+                let _ = self.policy.remove(&id);
+                let _ = self.labels.remove(&id);
+            }
+        }
+        let labelled: Vec<SessionId> = self.labels.keys().filter_map(Result::ok).collect();
+        for id in labelled {
+            if !keep(id) {
+                let _ = self.labels.remove(&id);
+            }
+        }
+        let mut removed = 0;
+        let stale: Vec<_> = self
+            .path
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.data().ruleset))
+            .collect();
+        for k in stale {
+            removed += self.path.remove(&k).is_ok() as usize;
+        }
+        let stale: Vec<_> = self
+            .suffix
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.data().ruleset))
+            .collect();
+        for k in stale {
+            removed += self.suffix.remove(&k).is_ok() as usize;
+        }
+        let stale: Vec<_> = self
+            .net
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.data().ruleset))
+            .collect();
+        for k in stale {
+            removed += self.net.remove(&k).is_ok() as usize;
+        }
+        removed
     }
 
     pub fn configure(&mut self, mode: u32, block: bool) -> Result<(), EnforceError> {
@@ -108,6 +172,14 @@ impl Enforcer {
             guard_tgid: std::process::id(),
             _pad: 0,
         };
+        self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
+    }
+
+    /// The daemon is leaving: no pid is guarded any more (the number will
+    /// be reused), the rest of the configuration stays in force.
+    pub fn unguard(&mut self) -> Result<(), EnforceError> {
+        let mut cfg = self.config.get(&0, 0).map_err(map_err("CONFIG"))?;
+        cfg.guard_tgid = 0;
         self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
     }
 

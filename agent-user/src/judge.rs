@@ -226,9 +226,11 @@ impl<W: std::io::Write> Judge<W> {
         if let Err(e) = self.shared.enforcer.lock().unwrap().expire(session, true) {
             log::error!("session {session}: escalating: {e}");
         }
-        if let Some(s) = self.shared.registry.lock().unwrap().get_mut(session) {
+        let mut registry = self.shared.registry.lock().unwrap();
+        if let Some(s) = registry.get_mut(session) {
             s.ended = Some(Ended::Drifted);
         }
+        self.shared.persist(&registry);
     }
 
     /// The live grant that lets this call through, if a human gave one.

@@ -5,6 +5,7 @@
 //! `sessions` knows who is in which session; `engine` judges against
 //! `policy`; `audit` and `journal` record; `control` is the socket the CLI
 //! (`cli`) talks to.
+pub mod adopt;
 pub mod audit;
 pub mod btf;
 pub mod cli;
@@ -18,7 +19,9 @@ pub mod judge;
 pub mod loader;
 pub mod observer;
 pub mod output;
+pub mod pins;
 pub mod policy;
 pub mod procs;
 pub mod referrals;
 pub mod sessions;
+pub mod state;

@@ -1,16 +1,26 @@
 //! Puts the kernel programs in place: mounts tracefs if needed, reads the
 //! record layouts and struct offsets this kernel uses, probes for BPF LSM,
-//! loads and attaches what the mode needs.
-use std::{fs, path::Path};
+//! loads and attaches what the mode needs, and pins maps and links so that
+//! they outlive the daemon (see `pins`).
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use agent_common::KernelLayout;
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, Program, ProgramError, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Lsm, Program, ProgramError, TracePoint,
+        links::{FdLink, LinkError, PinnedLink},
+    },
 };
 use thiserror::Error;
 
-use crate::btf;
+use crate::{
+    btf,
+    pins::{self, Generation, PinError},
+};
 
 /// The kernel object built by build.rs from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTGATE_EBPF_OBJ"));
@@ -36,6 +46,26 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_move_mount", "syscalls", "sys_enter_move_mount"),
     ("sys_enter_chroot", "syscalls", "sys_enter_chroot"),
     ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
+];
+
+/// Every map of the object that holds state: pinned, so a restarted daemon
+/// (and the programs while none runs) keep them. The globals' maps
+/// (`.rodata`) are not: a program keeps the one it was loaded with.
+pub const PINNED_MAPS: &[&str] = &[
+    "TAGS",
+    "CGROUP_SESSIONS",
+    "EVENTS",
+    "COUNTERS",
+    "SCRATCH",
+    "PATH_RULES",
+    "PATH_SUFFIX_RULES",
+    "NET_RULES",
+    "SESSION_POLICY",
+    "SESSION_LABELS",
+    "CONFIG",
+    "KEY_SCRATCH",
+    "EXEC_VERDICTS",
+    "AYA_LOGS",
 ];
 
 /// cgroup v2 socket-address programs, attached to the root cgroup.
@@ -90,6 +120,19 @@ pub enum LoadError {
     },
     #[error("the kernel object lacks program {0}")]
     Missing(&'static str),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("program {name}: its link cannot be pinned: {source}")]
+    Link {
+        name: &'static str,
+        source: LinkError,
+    },
+    #[error("program {name}: pinning its link at {path}: {source}")]
+    PinLink {
+        name: &'static str,
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
 }
 
 /// What the kernel can do, and so which mode the daemon runs in.
@@ -195,14 +238,27 @@ pub struct Options {
     pub ring_bytes: u32,
     /// Attach the BPF LSM hooks (the kernel has BPF LSM and the mode is lsm).
     pub lsm: bool,
+    /// Where maps and links are pinned, on bpffs.
+    pub pin_dir: PathBuf,
 }
 
-/// The loaded and attached programs. Dropping it detaches everything.
+/// The loaded and attached programs. Maps and links are pinned: dropping
+/// this detaches nothing.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub layout: KernelLayout,
     /// `type/where` of every attached program.
     pub attached: Vec<String>,
+    /// Where this object's maps and links are pinned.
+    pub generation: Generation,
+    /// The pins of this very object were there already: its maps (tags,
+    /// sessions' rules and labels, counters, unread events) were adopted and
+    /// so were its attached programs.
+    pub adopted: bool,
+    /// Pins of other objects (an earlier version, other load options),
+    /// still attached: the daemon carries their sessions over, then removes
+    /// them.
+    pub previous: Vec<Generation>,
 }
 
 /// The program `name` of the object, as the type its section says it is.
@@ -220,18 +276,73 @@ fn failed(name: &'static str) -> impl Fn(ProgramError) -> LoadError {
     move |source| LoadError::Program { name, source }
 }
 
+/// Pins a freshly attached link, so that it stays attached without us.
+fn pin_link(
+    name: &'static str,
+    link: Result<FdLink, LinkError>,
+    path: &Path,
+) -> Result<(), LoadError> {
+    link.map_err(|source| LoadError::Link { name, source })?
+        .pin(path)
+        .map_err(|source| LoadError::PinLink {
+            name,
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// The program's link is pinned in this generation already (and so still
+/// attached): it is adopted as it is.
+fn adopt_link(generation: &Generation, name: &str) -> bool {
+    PinnedLink::from_pin(generation.link(name)).is_ok()
+}
+
 pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
     ensure_tracefs()?;
     let layout = kernel_layout()?;
-    let mut ebpf = EbpfLoader::new()
+    pins::ensure_dir(&opts.pin_dir)?;
+    let layout_text = format!("{layout:?}");
+    let generation = Generation::new(
+        &opts.pin_dir,
+        &pins::fingerprint(&[
+            EBPF_OBJECT,
+            layout_text.as_bytes(),
+            &opts.ring_bytes.to_le_bytes(),
+            &[opts.lsm as u8],
+        ]),
+    );
+    let previous: Vec<Generation> = pins::generations(&opts.pin_dir)
+        .into_iter()
+        .filter(|g| *g != generation)
+        .collect();
+    let adopted = generation.links().is_dir();
+    for dir in [generation.maps(), generation.links()] {
+        fs::create_dir_all(&dir).map_err(|source| PinError::Io { path: dir, source })?;
+    }
+    let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+        .iter()
+        .map(|&m| (m, generation.map(m)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("LAYOUT", &layout, true)
-        .map_max_entries("EVENTS", opts.ring_bytes)
-        .load(EBPF_OBJECT)?;
+        .map_max_entries("EVENTS", opts.ring_bytes);
+    // An existing pin is opened and used as it is (aya does not create it
+    // anew): that is how the maps are adopted.
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     let mut attached = Vec::new();
     for &(name, category, event) in TRACEPOINTS {
-        let prog: &mut TracePoint = program(&mut ebpf, name)?;
-        prog.load().map_err(failed(name))?;
-        prog.attach(category, event).map_err(failed(name))?;
+        if !adopt_link(&generation, name) {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(failed(name))?;
+            let id = prog.attach(category, event).map_err(failed(name))?;
+            let link = prog.take_link(id).map_err(failed(name))?;
+            pin_link(name, link.try_into(), &generation.link(name))?;
+        }
         attached.push(format!("tracepoint/{category}:{event}"));
     }
     let root = cgroup2_root()?;
@@ -240,22 +351,31 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
         source,
     })?;
     for &name in SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load().map_err(failed(name))?;
-        // Attached through a bpf_link (kernel ≥ 5.7), which always allows
-        // several programs side by side and refuses any flag but 0
-        // (`Single`): other daemons (tests) keep theirs, and each judges
-        // only the processes in its own maps.
-        prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(failed(name))?;
+        if !adopt_link(&generation, name) {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(failed(name))?;
+            // Attached through a bpf_link (kernel ≥ 5.7), which always allows
+            // several programs side by side and refuses any flag but 0
+            // (`Single`): other daemons (tests) keep theirs, and each judges
+            // only the processes in its own maps.
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(failed(name))?;
+            let link = prog.take_link(id).map_err(failed(name))?;
+            pin_link(name, link.try_into(), &generation.link(name))?;
+        }
         attached.push(format!("cgroup_sock_addr/{name}@{root}"));
     }
     if opts.lsm {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
         for &(name, hook) in LSM_HOOKS {
-            let prog: &mut Lsm = program(&mut ebpf, name)?;
-            prog.load(hook, &btf).map_err(failed(name))?;
-            prog.attach().map_err(failed(name))?;
+            if !adopt_link(&generation, name) {
+                let prog: &mut Lsm = program(&mut ebpf, name)?;
+                prog.load(hook, &btf).map_err(failed(name))?;
+                let id = prog.attach().map_err(failed(name))?;
+                let link = prog.take_link(id).map_err(failed(name))?;
+                pin_link(name, Ok(link.into()), &generation.link(name))?;
+            }
             attached.push(format!("lsm/{hook}"));
         }
     }
@@ -263,6 +383,9 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
         ebpf,
         layout,
         attached,
+        generation,
+        adopted,
+        previous,
     })
 }
 

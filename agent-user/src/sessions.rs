@@ -71,14 +71,6 @@ impl Session {
             .collect()
     }
 
-    /// The tool rulesets, as the enforcer installs them.
-    pub fn kernel_tools(&self) -> Vec<(&str, &KernelRuleset)> {
-        self.tools
-            .iter()
-            .map(|(n, c)| (n.as_str(), &c.kernel))
-            .collect()
-    }
-
     /// The tool call a call made at `time_ns` belongs to.
     pub fn action_at(&self, time_ns: u64) -> Option<&Action> {
         if let Some(a) = &self.action
@@ -227,6 +219,13 @@ impl Registry {
             drift: Drift::default(),
         };
         self.sessions.entry(id).or_insert(session)
+    }
+
+    /// Takes back a session a previous daemon opened (its id is kept: the
+    /// pinned maps tag its processes with it).
+    pub fn restore(&mut self, session: Session) {
+        self.next = self.next.max(session.id);
+        self.sessions.insert(session.id, session);
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Session> {

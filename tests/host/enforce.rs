@@ -735,7 +735,9 @@ fn a_session_opened_inside_a_session_can_only_narrow() {
     assert!(end.status.success(), "{end:?}");
     let list = stdout(&w.d.cli(&["sessions", "list"]));
     assert!(
-        !list.lines().any(|l| l.starts_with(&format!("{child_id}\t"))),
+        !list
+            .lines()
+            .any(|l| l.starts_with(&format!("{child_id}\t"))),
         "{list}"
     );
 

@@ -6,3 +6,4 @@ mod bad_input;
 mod enforce;
 mod guard;
 mod pipeline;
+mod restart;

@@ -1,6 +1,7 @@
-//! A real daemon per test, on its own control socket: each daemon loads its
-//! own programs and maps, so tests running side by side see only their own
-//! sessions.
+//! A real daemon per test, on its own control socket and pin dir: each
+//! daemon loads its own programs and maps, so tests running side by side see
+//! only their own sessions; its pins are removed (`agentgate unload`) when
+//! the test's `Daemon` is dropped, so no test leaves programs attached.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -26,6 +27,9 @@ pub struct Daemon {
     child: Child,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// On bpffs: `/sys/fs/bpf/agentgate-test-<temp dir name>`.
+    pub pin_dir: PathBuf,
+    args: Vec<String>,
 }
 
 /// A test's own policy file, under tests/host/policies.
@@ -42,38 +46,98 @@ impl Daemon {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agentgate.sock");
-        let mut cmd = Command::new(AGENTGATE);
-        cmd.arg("daemon")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["--log", "json"])
-            .args(extra);
+        let name = dir.path().file_name().unwrap().to_string_lossy();
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/agentgate-test-{}",
+            name.trim_start_matches('.')
+        ));
+        let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         if !extra.contains(&"--policy") {
-            cmd.arg("--policy").arg(test_policy("observe.yaml"));
+            args.push("--policy".into());
+            args.push(path_str(&test_policy("observe.yaml")).to_owned());
         }
-        let child = cmd
-            .stdout(fs::File::create(dir.path().join("events.jsonl")).unwrap())
-            .stderr(fs::File::create(dir.path().join("daemon.log")).unwrap())
+        let child = Self::spawn(dir.path(), &socket, &pin_dir, &args);
+        let mut d = Daemon {
+            child,
+            dir,
+            socket,
+            pin_dir,
+            args,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(dir: &Path, socket: &Path, pin_dir: &Path, args: &[String]) -> Child {
+        // Appended to: a restarted daemon writes on after the first one.
+        let append = |name: &str| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .unwrap()
+        };
+        Command::new(AGENTGATE)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .args(["--log", "json"])
+            .args(args)
+            .stdout(append("events.jsonl"))
+            .stderr(append("daemon.log"))
             .spawn()
-            .expect("start agentgate daemon");
-        let mut d = Daemon { child, dir, socket };
+            .expect("start agentgate daemon")
+    }
+
+    fn wait_ready(&mut self) {
         // Under TCG emulation (the VM suite) loading and verifying the
         // programs alone takes tens of seconds.
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !d.socket.exists() {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("daemon exited with {status}: {}", d.log());
+        while !self.socket.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited with {status}: {}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not open its socket: {}",
-                d.log()
+                self.log()
             );
             sleep(Duration::from_millis(50));
         }
-        d
+    }
+
+    /// SIGTERM, and waits for the daemon to exit; its pins stay.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new daemon with the same arguments, state dir, socket and pin dir
+    /// (the previous one stopped); returns once its socket is open.
+    pub fn restart(&mut self) {
+        let args = self.args.clone();
+        self.restart_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// The same with other arguments.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        assert!(!self.alive(), "restart: the daemon still runs");
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.child = Self::spawn(self.dir.path(), &self.socket, &self.pin_dir, &self.args);
+        self.wait_ready();
     }
 
     pub fn pid(&self) -> u32 {
@@ -150,17 +214,23 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(50));
+        self.stop();
+        let out = Command::new(AGENTGATE)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("unload")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output();
+        if let Ok(out) = out
+            && !out.status.success()
+        {
+            eprintln!(
+                "agentgate unload {}: {}",
+                self.pin_dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

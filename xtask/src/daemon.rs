@@ -1,5 +1,6 @@
 //! A daemon for one xtask run (scenarios, bench): its own socket, state and
-//! log in a temp dir; stopped (SIGTERM) when dropped.
+//! log in a temp dir, its own pin dir on bpffs; stopped (SIGTERM) and its
+//! pins removed (`agentgate unload`) when dropped.
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command},
@@ -11,7 +12,9 @@ use anyhow::{Context, bail};
 
 pub struct Daemon {
     child: Child,
+    agentgate: PathBuf,
     pub socket: PathBuf,
+    pin_dir: PathBuf,
     /// Holds the socket, state, log and event lines.
     pub dir: tempfile::TempDir,
 }
@@ -24,6 +27,13 @@ impl Daemon {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("agentgate.sock");
         let log = dir.path().join("daemon.log");
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/agentgate-xtask-{}",
+            dir.path()
+                .file_name()
+                .map(|n| n.to_string_lossy().trim_start_matches('.').to_owned())
+                .unwrap_or_default()
+        ));
         let child = Command::new(agentgate)
             .arg("daemon")
             .arg("--policy")
@@ -33,6 +43,8 @@ impl Daemon {
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .args(["--log", "json"])
+            .arg("--pin-dir")
+            .arg(&pin_dir)
             .stdout(if keep_events {
                 std::fs::File::create(dir.path().join("events.jsonl"))?
             } else {
@@ -41,7 +53,13 @@ impl Daemon {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting the daemon")?;
-        let daemon = Daemon { child, socket, dir };
+        let daemon = Daemon {
+            child,
+            agentgate: agentgate.to_owned(),
+            socket,
+            pin_dir,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !daemon.socket.exists() {
             if Instant::now() > deadline {
@@ -61,5 +79,12 @@ impl Drop for Daemon {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        let _ = Command::new(&self.agentgate)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("unload")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output();
     }
 }

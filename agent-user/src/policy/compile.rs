@@ -280,6 +280,11 @@ pub fn compile_tools(
         .collect()
 }
 
+/// The tools' rulesets, as the enforcer installs them.
+pub fn kernel_tools(tools: &[(String, Compiled)]) -> Vec<(&str, &KernelRuleset)> {
+    tools.iter().map(|(n, c)| (n.as_str(), &c.kernel)).collect()
+}
+
 /// `rules` as one layer with `layer`'s defaults. Rules the kernel cannot
 /// run and that are weaker than `default` reach it widened to allow.
 fn compile_rules<'a>(

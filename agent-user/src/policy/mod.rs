@@ -17,7 +17,8 @@ mod set;
 mod yaml;
 
 pub use compile::{
-    CompileError, Compiled, GrantTarget, compile_session, compile_tool, compile_tools, placement,
+    CompileError, Compiled, GrantTarget, compile_session, compile_tool, compile_tools,
+    kernel_tools, placement,
 };
 pub use context::SessionContext;
 pub use diagnostic::{Diagnostic, Location, Pos};
