@@ -450,6 +450,10 @@ pub struct KernelLayout {
     pub bprm_file: u32,
     /// `task_struct.tgid` (LSM `task_kill`, `ptrace_access_check`).
     pub task_tgid: u32,
+    /// `inode.i_sb` and `super_block.s_magic` (LSM `inode_unlink`: is the
+    /// file on bpffs).
+    pub inode_i_sb: u32,
+    pub sb_s_magic: u32,
 }
 
 #[cfg(feature = "user")]

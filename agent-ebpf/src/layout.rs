@@ -14,6 +14,8 @@ static LAYOUT: KernelLayout = KernelLayout {
     file_f_mode: 0,
     bprm_file: 0,
     task_tgid: 0,
+    inode_i_sb: 0,
+    sb_s_magic: 0,
 };
 
 #[inline(always)]

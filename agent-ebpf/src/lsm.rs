@@ -348,3 +348,31 @@ fn refuse_tagged(previous: i32, what: &[u8]) -> i32 {
         None => 0,
     }
 }
+
+/// `BPF_FS_MAGIC`: the superblock magic of bpffs.
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+/// Unpinning agentgate's programs or maps is an unlink on bpffs (the
+/// `bpf()` refusal does not cover it).
+#[lsm(hook = "inode_unlink")]
+pub fn inode_unlink(ctx: LsmContext) -> i32 {
+    // inode_unlink(struct inode *dir, struct dentry *dentry)
+    let previous = lsm_arg!(ctx, 2) as i32;
+    if previous != 0 {
+        return previous;
+    }
+    let Some(tag) = tagging::lookup_current() else {
+        return 0;
+    };
+    let dir = lsm_arg!(ctx, 0) as *const u8;
+    let l = layout::get();
+    // SAFETY: kernel pointers from the hook's arguments; offsets from BTF.
+    let magic = unsafe {
+        bpf_probe_read_kernel(dir.add(l.inode_i_sb as usize) as *const *const u8)
+            .and_then(|sb| bpf_probe_read_kernel(sb.add(l.sb_s_magic as usize) as *const u64))
+    };
+    if magic.is_ok_and(|m| m & 0xffff_ffff == BPF_FS_MAGIC) {
+        return guard::refuse(&tag, b"unlink:bpffs");
+    }
+    0
+}

@@ -81,8 +81,9 @@ const LSM_HOOKS: &[(&str, &str)] = &[
     ("task_kill", "task_kill"),
     ("ptrace_access_check", "ptrace_access_check"),
     ("bpf", "bpf"),
-    // Confinement: no new user namespaces, no mounts.
+    // Confinement: no new user namespaces, no mounts; no unpinning.
     ("userns_create", "userns_create"),
+    ("inode_unlink", "inode_unlink"),
     ("sb_mount", "sb_mount"),
     ("move_mount", "move_mount"),
 ];
@@ -216,6 +217,8 @@ pub fn kernel_layout() -> Result<KernelLayout, LoadError> {
         file_f_mode: member("file", "f_mode")?,
         bprm_file: member("linux_binprm", "file")?,
         task_tgid: member("task_struct", "tgid")?,
+        inode_i_sb: member("inode", "i_sb")?,
+        sb_s_magic: member("super_block", "s_magic")?,
     })
 }
 

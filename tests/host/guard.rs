@@ -157,3 +157,44 @@ fn a_tagged_process_cannot_leave_its_confinement() {
         .unwrap();
     assert_eq!(status(&plain, "userns"), 0, "untagged unshare was touched");
 }
+
+/// Unpinning is an unlink on bpffs: with no daemon running, removing the
+/// link pins would detach the programs. LSM mode refuses it to a tagged
+/// process (`inode_unlink`); fallback mode cannot (the README says so).
+#[test]
+fn a_tagged_process_cannot_unpin_the_guard() {
+    let d = Daemon::start(&[]);
+    let lsm_mode = lsm(&d);
+    let pins: Vec<std::path::PathBuf> = std::fs::read_dir(&d.pin_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("links"))
+        .filter(|p| p.is_dir())
+        .flat_map(|p| std::fs::read_dir(p).unwrap().filter_map(Result::ok))
+        .map(|e| e.path())
+        .collect();
+    let pin = pins
+        .iter()
+        .find(|p| p.ends_with("sys_enter_openat"))
+        .unwrap_or_else(|| panic!("no sys_enter_openat link pin in {pins:?}"));
+    let out = d.exec_sh(&format!("rm -f {}; echo rm=$?", path_str(pin)));
+    let rm = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("rm="))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("no rm= in {out:?}"));
+    if lsm_mode {
+        assert_eq!(rm, 1, "rm was let through: {out:?}");
+        assert!(pin.exists(), "the pin is gone");
+        let events = d.wait_for(Duration::from_secs(10), |ev| {
+            ev.iter().any(|e| s(e, "target") == "unlink:bpffs")
+        });
+        assert!(
+            events.iter().any(|e| s(e, "target") == "unlink:bpffs"),
+            "the attempt was not reported"
+        );
+    } else {
+        assert_eq!(rm, 0, "fallback mode was expected not to refuse the unlink");
+        assert!(!pin.exists());
+    }
+}
