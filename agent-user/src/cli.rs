@@ -137,7 +137,7 @@ pub fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(daemon::run(args)))
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::Exec(args) => exec(&cli.socket, args),
+        Command::Exec(args) => exec(&session_socket(&cli.socket), args),
         Command::Status => print_status(&cli.socket),
         Command::Sessions { command } => {
             sessions(&cli.socket, command.unwrap_or(SessionsCommand::List))
@@ -167,7 +167,7 @@ pub fn main() -> ExitCode {
             },
         ),
         Command::Audit(args) => crate::audit::cli::run(args),
-        Command::Action { command } => action(&cli.socket, command),
+        Command::Action { command } => action(&control::agent_socket(&cli.socket), command),
         Command::Unload { pin_dir } => unload(&pin_dir, &cli.socket),
     };
     match result {
@@ -189,6 +189,16 @@ fn unload(pin_dir: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
         println!("nothing pinned under {}", pin_dir.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `exec` opens its session: inside a session (a delegated one) the
+/// agent socket, else the control socket.
+fn session_socket(socket: &Path) -> PathBuf {
+    if std::env::var_os("AGENTGATE_SESSION").is_some() {
+        control::agent_socket(socket)
+    } else {
+        socket.to_path_buf()
+    }
 }
 
 fn runtime(multi: bool) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -8,6 +8,23 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 pub const DEFAULT_SOCKET: &str = "/run/agentgate/agentgate.sock";
+
+/// The agent socket beside a control socket: what processes inside a
+/// session may reach (to open a delegated session or declare a tool call,
+/// requests that can only narrow them). The shipped baseline refuses
+/// sessions a connect to the control socket itself.
+pub fn agent_socket(control: &Path) -> std::path::PathBuf {
+    control.with_file_name("agent.sock")
+}
+
+/// Which socket a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Socket {
+    /// Operators and launchers, outside every session.
+    Control,
+    /// Processes inside a session.
+    Agent,
+}
 /// Larger frames are refused: no request needs more.
 pub const MAX_FRAME: usize = 1 << 20;
 

@@ -19,7 +19,7 @@ use tokio_util::codec::Framed;
 use crate::{
     adopt,
     audit::{self, AuditLog},
-    control::{self, HookCounters, Request, Response, request, response},
+    control::{self, HookCounters, Request, Response, Socket, request, response},
     enforce::Enforcer,
     engine::Engine,
     journal::{self, LogTarget},
@@ -340,9 +340,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     });
     shared.persist(&shared.registry.lock().unwrap());
 
+    // The agent socket first: a control socket that exists means the daemon
+    // serves both.
+    let agent_socket = control::agent_socket(&args.socket);
+    let agents = bind_socket(&agent_socket).await?;
     let listener = bind_socket(&args.socket).await?;
-    log::info!("control socket at {}", args.socket.display());
-    let server = tokio::spawn(serve(listener, shared.clone()));
+    log::info!(
+        "control socket at {}, agent socket at {}",
+        args.socket.display(),
+        agent_socket.display()
+    );
+    let server = tokio::spawn(serve(listener, shared.clone(), Socket::Control));
+    let agent_server = tokio::spawn(serve(agents, shared.clone(), Socket::Agent));
 
     let observe = tokio::spawn(observer::run(
         ring,
@@ -363,8 +372,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         _ = term.recv() => log::info!("SIGTERM: stopping"),
         r = observe => log::error!("event reader stopped: {r:?}"),
         r = server => log::error!("control socket stopped: {r:?}"),
+        r = agent_server => log::error!("agent socket stopped: {r:?}"),
     }
     let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(&agent_socket);
     if let Err(e) = shared.enforcer.lock().unwrap().unguard() {
         log::error!("releasing the guard on this daemon's pid: {e}");
     }
@@ -554,8 +565,8 @@ async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) 
     }
 }
 
-/// Binds the control socket. Any local user may connect (to open a session
-/// for their own process); the handler decides per request from the peer's
+/// Binds a socket. Any local user may connect (to open a session for their
+/// own process); the handler decides per request from the peer's
 /// credentials. A live socket means another daemon: refuse to steal it.
 async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -578,13 +589,13 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn serve(listener: UnixListener, shared: Arc<Shared>, socket: Socket) -> anyhow::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle_connection(stream, &shared).await {
-                log::warn!("control connection: {e:#}");
+            if let Err(e) = handle_connection(stream, &shared, socket).await {
+                log::warn!("{socket:?} connection: {e:#}");
             }
         });
     }
@@ -596,7 +607,11 @@ struct Peer {
     uid: u32,
 }
 
-async fn handle_connection(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
+async fn handle_connection(
+    stream: UnixStream,
+    shared: &Shared,
+    socket: Socket,
+) -> anyhow::Result<()> {
     let cred = stream.peer_cred().context("reading peer credentials")?;
     let peer = Peer {
         pid: cred
@@ -609,7 +624,7 @@ async fn handle_connection(stream: UnixStream, shared: &Shared) -> anyhow::Resul
     while let Some(frame) = framed.next().await {
         let reply = match frame {
             Ok(bytes) => match <Request as prost::Message>::decode(bytes.freeze()) {
-                Ok(req) => handle_request(req, &peer, shared),
+                Ok(req) => handle_request(req, &peer, shared, socket),
                 Err(e) => response::Body::Error(format!("malformed request: {e}")),
             },
             // Oversized or broken frame: answer once and hang up.
@@ -626,23 +641,41 @@ async fn handle_connection(stream: UnixStream, shared: &Shared) -> anyhow::Resul
     Ok(())
 }
 
-fn handle_request(req: Request, peer: &Peer, shared: &Shared) -> response::Body {
-    // A process inside a session must not steer its own guard. It may only
-    // narrow itself: open a delegated session, or declare a tool call.
-    if let Some(session) = shared.session_of(peer.pid)
-        && !matches!(
-            req.body,
-            Some(
-                request::Body::OpenSession(_)
-                    | request::Body::ActionBegin(_)
-                    | request::Body::ActionEnd(_)
-            )
+fn handle_request(req: Request, peer: &Peer, shared: &Shared, socket: Socket) -> response::Body {
+    // A process inside a session must not steer its own guard: the control
+    // socket serves it nothing. The agent socket serves only processes
+    // inside a session, and only what can narrow them: a delegated session,
+    // a tool call.
+    let session = shared.session_of(peer.pid);
+    let narrowing = matches!(
+        req.body,
+        Some(
+            request::Body::OpenSession(_)
+                | request::Body::ActionBegin(_)
+                | request::Body::ActionEnd(_)
         )
-    {
-        return response::Body::Error(format!(
-            "refused: the caller (pid {}) is inside session {session}",
-            peer.pid
-        ));
+    );
+    match (socket, session) {
+        (Socket::Control, Some(session)) => {
+            return response::Body::Error(format!(
+                "refused: the caller (pid {}) is inside session {session}",
+                peer.pid
+            ));
+        }
+        (Socket::Agent, None) => {
+            return response::Body::Error(format!(
+                "refused: the agent socket serves processes inside its session (the caller, pid \
+                 {}, is in none): use the control socket",
+                peer.pid
+            ));
+        }
+        (Socket::Agent, Some(session)) if !narrowing => {
+            return response::Body::Error(format!(
+                "refused: inside session {session}, only delegated sessions and tool calls are \
+                 served"
+            ));
+        }
+        _ => {}
     }
     let done = |r: anyhow::Result<()>| match r {
         Ok(()) => response::Body::Done(control::Done {}),

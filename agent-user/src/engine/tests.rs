@@ -195,9 +195,9 @@ fn attacks_are_refused() {
             "guard-agentgate-socket",
         ),
         (
-            exec("/usr/local/bin/agentgate", &["sessions"]),
+            write("/usr/local/bin/agentgate"),
             Verdict::Deny,
-            "guard-agentgate-exec",
+            "guard-agentgate-binary",
         ),
         (
             write("/etc/cron.d/evil"),
@@ -594,4 +594,26 @@ fn a_tool_call_narrows_the_profile_and_speaks_only_for_its_accesses() {
     assert_eq!(d.rule_name(), "coding-agent.default");
     // Unknown tools have no scope.
     assert!(tool(&connect("10.1.2.3:443"), "no_such_tool").is_none());
+}
+
+#[test]
+fn sessions_reach_the_agent_socket_and_not_the_control_socket() {
+    let set = shipped();
+    for profile in ["default", "coding-agent", "ops-agent"] {
+        let d = decide(&set, profile, &connect("unix:/run/agentgate/agent.sock"));
+        assert_eq!(d.verdict, Verdict::Allow, "{profile}: {}", d.rule_name());
+        let d = decide(
+            &set,
+            profile,
+            &connect("unix:/run/agentgate/agentgate.sock"),
+        );
+        assert_eq!(d.verdict, Verdict::Deny, "{profile}");
+        assert_eq!(d.rule_name(), "guard-agentgate-socket");
+        let d = decide(
+            &set,
+            profile,
+            &exec("/usr/local/bin/agentgate", &["action"]),
+        );
+        assert!(!d.verdict.blocks(), "{profile}: {}", d.rule_name());
+    }
 }
