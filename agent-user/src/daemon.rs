@@ -1041,6 +1041,21 @@ fn end_session(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()
         };
     }
     drop(tags);
+    // Grants of the ending sessions also live in the sessions they were
+    // delegated from: take them out there before the sessions go.
+    let grants: Vec<(SessionId, u64)> = shared
+        .referrals
+        .lock()
+        .unwrap()
+        .grants()
+        .filter(|g| ending.contains(&g.session))
+        .map(|g| (g.session, g.id))
+        .collect();
+    for (session, grant) in grants {
+        for id in registry.chain(session) {
+            shared.enforcer.lock().unwrap().revoke(id, grant);
+        }
+    }
     for s in &ending {
         shared.enforcer.lock().unwrap().remove(*s);
         shared.referrals.lock().unwrap().forget_session(*s);
