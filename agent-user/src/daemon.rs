@@ -1132,7 +1132,6 @@ fn answer_referral(a: control::AnswerReferral, peer: &Peer, shared: &Shared) -> 
         log::info!("referral {} rejected by uid {}", a.id, peer.uid);
         return Ok(());
     };
-    let _ = session;
     install_grant(&registry, &mut shared.enforcer.lock().unwrap(), &g)
         .context("installing the grant in the kernel")?;
     log::warn!(

@@ -157,6 +157,25 @@ pub fn stronger(a: (Verdict, RuleId), b: (Verdict, RuleId)) -> bool {
     (a.0, Reverse(a.1)) > (b.0, Reverse(b.1))
 }
 
+/// The strongest verdict over `accesses`: per access, the strongest rule
+/// that matched it, else `default`. `None` when there is no access.
+fn strongest(
+    matched: &[Matched],
+    accesses: impl Iterator<Item = Access>,
+    default: (Verdict, RuleId),
+) -> Option<(Verdict, RuleId)> {
+    accesses
+        .map(|a| {
+            matched
+                .iter()
+                .filter(|m| m.access.has(a))
+                .map(|m| (m.verdict, m.rule))
+                .reduce(|x, y| if stronger(y, x) { y } else { x })
+                .unwrap_or(default)
+        })
+        .reduce(|x, y| if stronger(y, x) { y } else { x })
+}
+
 /// Calls `f` with what the event acts on (paths normalised) and the
 /// accesses it asks for; events that are not judged give a note instead.
 pub fn with_subject<R>(
@@ -258,19 +277,8 @@ impl Engine {
                 });
             }
         }
-        let mut best: Option<(Verdict, RuleId)> = None;
-        for a in access.iter().filter(|a| t.access.has(*a)) {
-            let this = matched
-                .iter()
-                .filter(|m| m.access.has(a))
-                .map(|m| (m.verdict, m.rule))
-                .reduce(|x, y| if stronger(y, x) { y } else { x })
-                .unwrap_or((profile.default, t.default_rule));
-            if best.is_none_or(|b| stronger(this, b)) {
-                best = Some(this);
-            }
-        }
-        let (verdict, id) = best?;
+        let scoped = access.iter().filter(|a| t.access.has(*a));
+        let (verdict, id) = strongest(&matched, scoped, (profile.default, t.default_rule))?;
         Some(Decision {
             verdict,
             outcome: Outcome::of(verdict, false),
@@ -328,19 +336,8 @@ impl Engine {
                 });
             }
         }
-        let mut best: Option<(Verdict, RuleId)> = None;
-        for a in access.iter() {
-            let this = matched
-                .iter()
-                .filter(|m| m.access.has(a))
-                .map(|m| (m.verdict, m.rule))
-                .reduce(|x, y| if stronger(y, x) { y } else { x })
-                .unwrap_or((profile.default, profile.default_rule));
-            if best.is_none_or(|b| stronger(this, b)) {
-                best = Some(this);
-            }
-        }
-        let (verdict, id) = best.unwrap_or((profile.default, profile.default_rule));
+        let default = (profile.default, profile.default_rule);
+        let (verdict, id) = strongest(&matched, access.iter(), default).unwrap_or(default);
         let rule = self.set.rule(id);
         Decision {
             verdict,

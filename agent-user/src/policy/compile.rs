@@ -22,7 +22,7 @@ use super::{
     context::SessionContext,
     matcher::{AccessMask, ConnectMatch, PathSet, Subject, TargetMatch},
     pattern::KernelPath,
-    set::{PolicySet, Rule, RuleId},
+    set::{PolicySet, Profile, Rule, RuleId},
 };
 use crate::{enforce::KernelRuleset, engine::stronger};
 
@@ -227,10 +227,13 @@ fn reversed_tail(path: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+fn profile_of<'a>(set: &'a PolicySet, ctx: &SessionContext) -> Result<&'a Profile, CompileError> {
+    set.profile(&ctx.profile)
+        .ok_or_else(|| CompileError::UnknownProfile(ctx.profile.clone()))
+}
+
 pub fn compile_session(set: &PolicySet, ctx: &SessionContext) -> Result<Compiled, CompileError> {
-    let profile = set
-        .profile(&ctx.profile)
-        .ok_or_else(|| CompileError::UnknownProfile(ctx.profile.clone()))?;
+    let profile = profile_of(set, ctx)?;
     let layer = Layer {
         ruleset: 0,
         defaults: [profile.default as u8; ACCESS_COUNT],
@@ -250,9 +253,7 @@ pub fn compile_tool(
     ctx: &SessionContext,
     tool: &str,
 ) -> Result<Compiled, CompileError> {
-    let profile = set
-        .profile(&ctx.profile)
-        .ok_or_else(|| CompileError::UnknownProfile(ctx.profile.clone()))?;
+    let profile = profile_of(set, ctx)?;
     let t = profile
         .tool(tool)
         .ok_or_else(|| CompileError::UnknownTool(ctx.profile.clone(), tool.to_owned()))?;
@@ -270,9 +271,7 @@ pub fn compile_tools(
     set: &PolicySet,
     ctx: &SessionContext,
 ) -> Result<Vec<(String, Compiled)>, CompileError> {
-    let profile = set
-        .profile(&ctx.profile)
-        .ok_or_else(|| CompileError::UnknownProfile(ctx.profile.clone()))?;
+    let profile = profile_of(set, ctx)?;
     profile
         .tools
         .iter()

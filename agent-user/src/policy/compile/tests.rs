@@ -345,6 +345,36 @@ fn probe_strategy() -> impl Strategy<Value = Probe> {
     ]
 }
 
+/// The call a probe stands for, and the accesses it asks for.
+fn subject_of<'a>(probe: &'a Probe, argv: &'a [String]) -> (Subject<'a>, AccessMask) {
+    match probe {
+        Probe::Path(0, p) => (
+            Subject::Exec { path: p, argv },
+            AccessMask::of(Access::Exec),
+        ),
+        Probe::Path(1, p) => (
+            Subject::Unix { path: p },
+            AccessMask::of(Access::ConnectUnix),
+        ),
+        Probe::Path(k, p) => {
+            let m = AccessMask(*k & 0b111);
+            let m = if m.0 == 0 {
+                AccessMask::of(Access::Read)
+            } else {
+                m
+            };
+            (Subject::Open { path: p }, m)
+        }
+        Probe::Inet(ip, port) => (
+            Subject::Inet {
+                ip: *ip,
+                port: *port,
+            },
+            AccessMask::of(Access::ConnectInet),
+        ),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
 
@@ -366,16 +396,7 @@ proptest! {
         hist.add_labels(labels);
         let engine = Engine::new(set.clone());
         let argv = vec!["x".to_owned()];
-        let (subject, access) = match &probe {
-            Probe::Path(0, p) => (Subject::Exec { path: p, argv: &argv }, AccessMask::of(Access::Exec)),
-            Probe::Path(1, p) => (Subject::Unix { path: p }, AccessMask::of(Access::ConnectUnix)),
-            Probe::Path(k, p) => {
-                let m = AccessMask(*k & 0b111);
-                let m = if m.0 == 0 { AccessMask::of(Access::Read) } else { m };
-                (Subject::Open { path: p }, m)
-            }
-            Probe::Inet(ip, port) => (Subject::Inet { ip: *ip, port: *port }, AccessMask::of(Access::ConnectInet)),
-        };
+        let (subject, access) = subject_of(&probe, &argv);
         let d = engine.judge(&subject, access, &Process::default(), 1, &ctx, &hist);
         let (kv, kid, klabels) = compiled.decide(&subject, access, labels);
         if access.iter().all(|a| compiled.exact[a as usize]) {
@@ -401,16 +422,7 @@ proptest! {
         let compiled = compile_tool(set, &ctx, tool).unwrap();
         let engine = Engine::new(set.clone());
         let argv = vec!["x".to_owned()];
-        let (subject, access) = match &probe {
-            Probe::Path(0, p) => (Subject::Exec { path: p, argv: &argv }, AccessMask::of(Access::Exec)),
-            Probe::Path(1, p) => (Subject::Unix { path: p }, AccessMask::of(Access::ConnectUnix)),
-            Probe::Path(k, p) => {
-                let m = AccessMask(*k & 0b111);
-                let m = if m.0 == 0 { AccessMask::of(Access::Read) } else { m };
-                (Subject::Open { path: p }, m)
-            }
-            Probe::Inet(ip, port) => (Subject::Inet { ip: *ip, port: *port }, AccessMask::of(Access::ConnectInet)),
-        };
+        let (subject, access) = subject_of(&probe, &argv);
         let d = engine
             .judge_tool(&subject, access, &ctx, tool)
             .map_or((Verdict::None, 0), |d| (d.verdict, d.rule_id()));
