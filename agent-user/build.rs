@@ -1,5 +1,6 @@
 //! Builds the kernel programs (`agent-ebpf`) for `bpfel-unknown-none` and
-//! hands the object to the daemon through `AGENTGATE_EBPF_OBJ`.
+//! hands the objects to the daemon through `AGENTGATE_EBPF_OBJ` (the
+//! programs) and `AGENTGATE_LSM_PROBE_OBJ` (the mode probe's LSM program).
 //!
 //! Two toolchains can do it (../shared/TOOLCHAIN.md §1): Debian's rustc-web
 //! with its precompiled `core` for the BPF target, or rustup nightly with
@@ -128,6 +129,13 @@ fn main() {
         println!("cargo:warning=building agent-ebpf failed; {SETUP_HINT}");
         std::process::exit(1);
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/agent-ebpf");
-    println!("cargo:rustc-env=AGENTGATE_EBPF_OBJ={}", obj.display());
+    let bins = target_dir.join("bpfel-unknown-none/release");
+    println!(
+        "cargo:rustc-env=AGENTGATE_EBPF_OBJ={}",
+        bins.join("agent-ebpf").display()
+    );
+    println!(
+        "cargo:rustc-env=AGENTGATE_LSM_PROBE_OBJ={}",
+        bins.join("lsm-probe").display()
+    );
 }

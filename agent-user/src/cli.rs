@@ -283,6 +283,10 @@ fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
     };
     println!("mode: {}", s.mode);
     println!("  {}", s.mode_detail);
+    println!("probe:");
+    for line in &s.probe {
+        println!("  {line}");
+    }
     println!("programs attached: {}", s.programs.len());
     for p in &s.programs {
         println!("  {p}");

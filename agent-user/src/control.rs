@@ -290,6 +290,9 @@ pub struct Status {
     pub events_read: u64,
     #[prost(uint64, tag = "7")]
     pub events_malformed: u64,
+    /// What the kernel probe found, one line per program type.
+    #[prost(string, repeated, tag = "8")]
+    pub probe: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,9 +7,7 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use agent_common::{
-    Counter, Hook, MAX_CHAIN, MODE_FALLBACK, MODE_LSM, ProcTag, SessionId, counter_index,
-};
+use agent_common::{Counter, Hook, MAX_CHAIN, MODE_LSM, ProcTag, SessionId, counter_index};
 use anyhow::{Context, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use futures::{SinkExt, StreamExt};
@@ -29,17 +27,11 @@ use crate::{
     output::{self, JsonLines},
     pins,
     policy::{self, PolicySet, SessionContext},
+    probe::{self, Mode},
     referrals::{Grant, Referrals},
     sessions::{Action, Ended, NewSession, Registry, Session},
     state,
 };
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Auto,
-    Lsm,
-    Fallback,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
@@ -84,6 +76,8 @@ pub struct Shared {
     reader: Arc<ReaderStats>,
     mode: String,
     mode_detail: String,
+    /// What the kernel probe found, one line per program type.
+    probe: Vec<String>,
     pub(crate) enforcer: Mutex<Enforcer>,
     /// The policy in force; replaced whole on a good reload.
     pub(crate) engine: RwLock<Arc<Engine>>,
@@ -148,82 +142,6 @@ fn load_policy(paths: &[PathBuf]) -> anyhow::Result<Arc<PolicySet>> {
     })
 }
 
-/// The mode the daemon runs in, and what it does and does not guarantee.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModeChoice {
-    /// `MODE_LSM` or `MODE_FALLBACK`.
-    pub kernel_mode: u32,
-    pub name: &'static str,
-    pub detail: String,
-}
-
-/// Decides the mode from the probe, and says so: no silent fail-open.
-pub fn choose_mode(
-    requested: Mode,
-    audit_only: bool,
-    probe: &loader::Probe,
-) -> anyhow::Result<ModeChoice> {
-    if requested == Mode::Lsm && !probe.bpf_lsm {
-        bail!(
-            "--mode lsm: BPF LSM is not enabled on this kernel (active LSMs: {}); add `bpf` to the \
-             kernel command line, e.g. lsm={},bpf, and reboot — or use --mode fallback",
-            probe.lsm_list,
-            probe.lsm_list
-        );
-    }
-    let lsm = requested == Mode::Lsm || (requested == Mode::Auto && probe.bpf_lsm);
-    let (kernel_mode, name, guarantees) = if lsm {
-        (
-            MODE_LSM,
-            "lsm",
-            "BPF LSM hooks refuse exec, open and connect with EPERM before they happen (kill: \
-             SIGKILL as well), judging resolved paths (symlinks, `..`, /proc/self/root)",
-        )
-    } else {
-        (
-            MODE_FALLBACK,
-            "fallback",
-            "syscall tracepoints SIGKILL a refused exec (before the new image runs) or open \
-             (the open itself completes; the process never uses it); cgroup connect/sendmsg \
-             hooks refuse with EPERM. Paths are judged as written: relative and non-canonical \
-             paths are judged in user space after the call, and killed then",
-        )
-    };
-    let why = match (requested, probe.bpf_lsm) {
-        (Mode::Auto, true) => "BPF LSM is active".to_owned(),
-        (Mode::Auto, false) => format!(
-            "BPF LSM is not active (LSMs: {}; add `bpf` to lsm= on the kernel command line for \
-             lsm mode)",
-            probe.lsm_list
-        ),
-        _ => "as requested".to_owned(),
-    };
-    let blocking = if audit_only {
-        "AUDIT-ONLY: verdicts are computed and logged, nothing is blocked"
-    } else {
-        guarantees
-    };
-    let detail = format!(
-        "{why}; {blocking}; exit tracking: {}",
-        if probe.exit_group_dead {
-            "per thread group"
-        } else {
-            "leader exit (no group_dead on this kernel)"
-        }
-    );
-    Ok(ModeChoice {
-        kernel_mode,
-        name: if audit_only && lsm {
-            "lsm (audit-only)"
-        } else if audit_only {
-            "fallback (audit-only)"
-        } else {
-            name
-        },
-        detail,
-    })
-}
-
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -262,8 +180,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         );
     }
     let saved = adopt::saved_sessions(&args.state_dir)?;
-    let probe = loader::probe();
-    let mode = choose_mode(args.mode, args.audit_only, &probe)?;
+    loader::ensure_tracefs().context("probing the kernel")?;
+    let probe = probe::probe();
+    let mode = probe::choose_mode(args.mode, args.audit_only, &probe)?;
     let sink = journal::Sink::open(args.log, &args.journal_socket, args.log_allow)?;
     let audit = AuditLog::open(audit::Config::new(&args.state_dir)).with_context(|| {
         format!(
@@ -288,6 +207,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .configure(mode.kernel_mode, !args.audit_only)
         .context("setting the enforcement mode")?;
     log::info!("mode {}: {}", mode.name, mode.detail);
+    log::info!("probe: {}", probe.findings().join("; "));
     log::info!(
         "attached {} programs: {}",
         loaded.attached.len(),
@@ -328,6 +248,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         reader: reader.clone(),
         mode: mode.name.to_owned(),
         mode_detail: mode.detail,
+        probe: probe.findings(),
         enforcer: Mutex::new(enforcer),
         engine: RwLock::new(Arc::new(Engine::new(set))),
         referrals: Mutex::new(Referrals::default()),
@@ -1268,6 +1189,7 @@ fn status(shared: &Shared) -> control::Status {
     control::Status {
         mode: shared.mode.clone(),
         mode_detail: shared.mode_detail.clone(),
+        probe: shared.probe.clone(),
         programs: shared.programs.clone(),
         counters: Hook::ALL
             .iter()

@@ -1,6 +1,6 @@
 //! agentgate's daemon and command-line client, one module per concern.
 //!
-//! Data path: `loader` puts the kernel programs in place; `observer` reads
+//! Data path: `probe` decides the mode from what the kernel does; `loader` puts the kernel programs in place; `observer` reads
 //! their ring buffer; `events` decodes; `procs` enriches from /proc;
 //! `sessions` knows who is in which session; `engine` judges against
 //! `policy`; `audit` and `journal` record; `control` is the socket the CLI
@@ -21,6 +21,7 @@ pub mod observer;
 pub mod output;
 pub mod pins;
 pub mod policy;
+pub mod probe;
 pub mod procs;
 pub mod referrals;
 pub mod sessions;

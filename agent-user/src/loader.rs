@@ -1,6 +1,6 @@
 //! Puts the kernel programs in place: mounts tracefs if needed, reads the
-//! record layouts and struct offsets this kernel uses, probes for BPF LSM,
-//! loads and attaches what the mode needs, and pins maps and links so that
+//! record layouts and struct offsets this kernel uses, loads and attaches
+//! what the mode (decided by `probe`) needs, and pins maps and links so that
 //! they outlive the daemon (see `pins`).
 use std::{
     fs,
@@ -136,29 +136,14 @@ pub enum LoadError {
     },
 }
 
-/// What the kernel can do, and so which mode the daemon runs in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    /// BPF LSM is in the kernel's active LSM list.
-    pub bpf_lsm: bool,
-    /// The active LSM list, as the kernel reports it.
-    pub lsm_list: String,
-    /// `sched_process_exit` reports `group_dead` (6.16+).
-    pub exit_group_dead: bool,
+/// The record of tracepoint `group/event` has `field` on this kernel.
+pub fn tracepoint_has_field(group: &str, event: &str, field: &'static str) -> bool {
+    field_offset(group, event, field).is_ok()
 }
 
-pub fn probe() -> Probe {
-    let lsm_list = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    let bpf_lsm = lsm_list.trim().split(',').any(|l| l == "bpf");
-    let exit_group_dead = field_offset("sched", "sched_process_exit", "group_dead").is_ok();
-    Probe {
-        bpf_lsm,
-        lsm_list: lsm_list.trim().to_owned(),
-        exit_group_dead,
-    }
-}
-
-fn ensure_tracefs() -> Result<(), LoadError> {
+/// Mounts tracefs unless it is there: the probe and the loader read
+/// tracepoint formats from it.
+pub fn ensure_tracefs() -> Result<(), LoadError> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(());
     }
@@ -239,7 +224,7 @@ fn cgroup2_root() -> Result<String, LoadError> {
 pub struct Options {
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
-    /// Attach the BPF LSM hooks (the kernel has BPF LSM and the mode is lsm).
+    /// Attach the BPF LSM hooks (the probe saw BPF LSM work and the mode is lsm).
     pub lsm: bool,
     /// Where maps and links are pinned, on bpffs.
     pub pin_dir: PathBuf,

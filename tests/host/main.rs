@@ -6,4 +6,5 @@ mod bad_input;
 mod enforce;
 mod guard;
 mod pipeline;
+mod probe;
 mod restart;

@@ -62,12 +62,13 @@ pub fn run() -> anyhow::Result<()> {
         kernel.display(),
         tests.display()
     );
-    // The guest checks that BPF LSM really is active before it runs
-    // anything: a VM that silently lacks it would prove nothing.
+    // The guest checks that BPF LSM is listed before it runs anything, and
+    // the probe test that the daemon chose lsm mode by loading: a VM that
+    // silently ran the suite in fallback mode would prove nothing.
     let script = format!(
         "set -e; grep -qw bpf /sys/kernel/security/lsm || {{ echo 'vm-test: BPF LSM is not active in the guest'; exit 1; }}; \
          echo \"vm-test: guest $(uname -r), LSMs $(cat /sys/kernel/security/lsm)\"; \
-         cd {root}; {tests} --test-threads=1",
+         cd {root}; AGENTGATE_EXPECT_MODE=lsm {tests} --test-threads=1",
         root = workspace_root().display(),
         tests = tests.display()
     );
