@@ -59,7 +59,7 @@ impl ProcessCache {
                 let dirfd = h.arg0 as i32;
                 let base = base_dir(pid, dirfd, cwd.as_deref());
                 let joined = absolute(&raw_path, base.as_deref());
-                let path = fs::canonicalize(&joined).unwrap_or(joined);
+                let path = fs::canonicalize(as_seen_by(pid, &joined)).unwrap_or(joined);
                 // After this exec the process runs the new image.
                 known.exe = Some(path.clone());
                 let argv = raw
@@ -162,6 +162,23 @@ fn base_dir(pid: u32, dirfd: i32, cwd: Option<&Path>) -> Option<PathBuf> {
     }
 }
 
+/// `path` as process `pid` names it, for resolving here: `/proc/self`,
+/// `/proc/thread-self` and `/dev/fd` mean the daemon in the daemon (a
+/// runtime re-executing `/proc/self/exe` would be judged as agentgate).
+fn as_seen_by(pid: u32, path: &Path) -> PathBuf {
+    let own = Path::new("/proc").join(pid.to_string());
+    for (alias, real) in [
+        ("/proc/self", own.clone()),
+        ("/proc/thread-self", own.clone()),
+        ("/dev/fd", own.join("fd")),
+    ] {
+        if let Ok(rest) = path.strip_prefix(alias) {
+            return real.join(rest);
+        }
+    }
+    path.to_path_buf()
+}
+
 /// `path` made absolute against `base`, with `.`, `..` and repeated slashes
 /// removed lexically (symlinks are not followed: this is what was named).
 pub fn absolute(path: &Path, base: Option<&Path>) -> PathBuf {
@@ -207,5 +224,29 @@ mod tests {
         );
         // Without a base a relative path stays relative: nothing is invented.
         assert_eq!(absolute(Path::new("x/y"), None), Path::new("x/y"));
+    }
+
+    #[test]
+    fn self_links_are_the_callers_not_the_daemons() {
+        assert_eq!(
+            as_seen_by(42, Path::new("/proc/self/exe")),
+            Path::new("/proc/42/exe")
+        );
+        assert_eq!(
+            as_seen_by(42, Path::new("/proc/thread-self/cwd/x")),
+            Path::new("/proc/42/cwd/x")
+        );
+        assert_eq!(
+            as_seen_by(42, Path::new("/dev/fd/3")),
+            Path::new("/proc/42/fd/3")
+        );
+        assert_eq!(
+            as_seen_by(42, Path::new("/usr/bin/git")),
+            Path::new("/usr/bin/git")
+        );
+        assert_eq!(
+            as_seen_by(42, Path::new("/proc/selfish")),
+            Path::new("/proc/selfish")
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! They load the programs, so they need root; without it they fail, loudly.
 mod support;
 
+mod agents;
 mod bad_input;
 mod enforce;
 mod guard;

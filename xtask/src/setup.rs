@@ -6,6 +6,9 @@ use anyhow::bail;
 
 use crate::status;
 
+/// Where the real agents of tests/agents are installed.
+pub const AGENTS_DIR: &str = "/usr/local/lib/agentgate-agents";
+
 /// Debian packages, and why each is needed (see ../shared/TOOLCHAIN.md).
 const APT: &[(&str, &str)] = &[
     ("rustc-web", "rustc 1.96 that can target bpfel-unknown-none"),
@@ -107,6 +110,35 @@ pub fn run() -> anyhow::Result<()> {
         println!("setup: installing virtme-ng");
         status(Command::new("python3").args(["-m", "pip", "install", "-q", "virtme-ng==1.42"]))?;
     }
+
+    if on_path("npm") {
+        println!("setup: npm present");
+    } else {
+        println!(
+            "setup: installing nodejs and npm (the real agents of tests/agents come from npm)"
+        );
+        status(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "nodejs",
+                    "npm",
+                ]),
+        )?;
+    }
+    // Where a user's `npm install` would put them (/usr/local/lib, in the
+    // shipped exec scope), not in the npm tree of the machine; the harness
+    // skips what is there already.
+    println!("setup: real agents (Claude Code, Codex) in {AGENTS_DIR}");
+    status(
+        Command::new("python3")
+            .arg(crate::workspace_root().join("tests/agents/run_agents.py"))
+            .args(["--install", "--cache", AGENTS_DIR]),
+    )?;
 
     if Path::new("/sys/kernel/tracing/events").is_dir() {
         println!("setup: tracefs mounted");

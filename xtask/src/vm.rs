@@ -81,6 +81,9 @@ pub fn run() -> anyhow::Result<()> {
             // live in the target dir, so show it to the guest read-only.
             .arg("--rodir")
             .arg(crate::target_dir())
+            // The real-agent sessions (tests/host/agents.rs) add a throwaway
+            // user with a home: writable in the guest, untouched on the host.
+            .args(["--overlay-rwdir", "/etc", "--overlay-rwdir", "/home"])
             .args([
                 "--append",
                 "lsm=lockdown,capability,landlock,yama,apparmor,bpf",

@@ -118,7 +118,8 @@ pub fn placements(set: &PolicySet) -> String {
             vec![],
         );
         let place = match placement(rule, &ctx) {
-            Ok(()) => "kernel".to_owned(),
+            Ok(None) => "kernel".to_owned(),
+            Ok(Some(why)) => format!("kernel, approximately ({why})"),
             Err(why) => {
                 let deferred = set
                     .profiles()

@@ -57,9 +57,19 @@ struct KernelRule {
     slot: RuleSlot,
 }
 
+/// A rule as the kernel runs it.
+struct KernelForm {
+    keys: Vec<Key>,
+    except: Vec<KernelPath>,
+    /// The kernel refuses less than the rule (a general glob among the
+    /// exceptions of a refusing rule, left out under its literal prefix):
+    /// why. The daemon judges those calls.
+    approximate: Option<String>,
+}
+
 /// Where a rule runs in this session: its kernel keys and exceptions, or
 /// why it stays in user space.
-fn exact_form(rule: &Rule, ctx: &SessionContext) -> Result<(Vec<Key>, Vec<KernelPath>), String> {
+fn exact_form(rule: &Rule, ctx: &SessionContext) -> Result<KernelForm, String> {
     if !rule.process.is_empty() {
         return Err(
             "process conditions (uid, comm, exe, ancestor) are checked in user space".into(),
@@ -73,11 +83,15 @@ fn exact_form(rule: &Rule, ctx: &SessionContext) -> Result<(Vec<Key>, Vec<Kernel
             if m.args.is_some() || m.argv_regex.is_some() {
                 return Err("argv patterns are checked in user space".into());
             }
-            path_form(&m.path, ctx)
+            path_form(&m.path, rule, ctx)
         }
-        TargetMatch::Open { path, .. } => path_form(path, ctx),
-        TargetMatch::Connect(ConnectMatch::Any) => Ok((any_connect(), vec![])),
-        TargetMatch::Connect(ConnectMatch::Unix(p)) => path_form(p, ctx),
+        TargetMatch::Open { path, .. } => path_form(path, rule, ctx),
+        TargetMatch::Connect(ConnectMatch::Any) => Ok(KernelForm {
+            keys: any_connect(),
+            except: vec![],
+            approximate: None,
+        }),
+        TargetMatch::Connect(ConnectMatch::Unix(p)) => path_form(p, rule, ctx),
         TargetMatch::Connect(ConnectMatch::Inet(m)) => {
             let ports = m.kernel_ports().ok_or_else(|| {
                 format!(
@@ -90,7 +104,11 @@ fn exact_form(rule: &Rule, ctx: &SessionContext) -> Result<(Vec<Key>, Vec<Kernel
                 .into_iter()
                 .flat_map(|net| ports.iter().map(move |&port| Key::Net { net, port }))
                 .collect();
-            Ok((keys, vec![]))
+            Ok(KernelForm {
+                keys,
+                except: vec![],
+                approximate: None,
+            })
         }
     }
 }
@@ -105,7 +123,7 @@ fn any_connect() -> Vec<Key> {
     ]
 }
 
-fn path_form(set: &PathSet, ctx: &SessionContext) -> Result<(Vec<Key>, Vec<KernelPath>), String> {
+fn path_form(set: &PathSet, rule: &Rule, ctx: &SessionContext) -> Result<KernelForm, String> {
     if !set.regexes.is_empty() {
         return Err("path regexes are checked in user space".into());
     }
@@ -117,15 +135,26 @@ fn path_form(set: &PathSet, ctx: &SessionContext) -> Result<(Vec<Key>, Vec<Kerne
         keys.push(Key::Path(KernelPath::Prefix(Vec::new())));
     }
     let mut except = Vec::new();
+    let mut approximate = Vec::new();
     for p in &set.except {
-        for k in p.kernel_keys(ctx)? {
-            if matches!(k, KernelPath::Suffix(_)) {
-                return Err(format!(
-                    "`except: {}` is a suffix: the kernel takes exact paths and dir/** there",
-                    p.text
-                ));
+        match p.kernel_keys(ctx) {
+            Ok(ks) => {
+                if ks.iter().any(|k| matches!(k, KernelPath::Suffix(_))) {
+                    return Err(format!(
+                        "`except: {}` is a suffix: the kernel takes exact paths and dir/** there",
+                        p.text
+                    ));
+                }
+                except.extend(ks);
             }
-            except.push(k);
+            // Leaving a refusing rule out under more paths than the glob
+            // names makes the kernel refuse less, never more: safe, and
+            // the rule keeps its kernel entries everywhere else.
+            Err(_) if p.is_glob() && rule.action().blocks() => {
+                except.extend(p.widened_keys(ctx));
+                approximate.push(format!("`{}`", p.text));
+            }
+            Err(e) => return Err(e),
         }
     }
     if !except.is_empty()
@@ -135,7 +164,17 @@ fn path_form(set: &PathSet, ctx: &SessionContext) -> Result<(Vec<Key>, Vec<Kerne
     {
         return Err("`except` with a suffix pattern is checked in user space".into());
     }
-    Ok((keys, except))
+    Ok(KernelForm {
+        keys,
+        except,
+        approximate: (!approximate.is_empty()).then(|| {
+            format!(
+                "the general-glob exceptions {} are left out by their literal prefix; \
+                 the daemon judges the calls under it",
+                approximate.join(", ")
+            )
+        }),
+    })
 }
 
 /// Keys that cover at least every call the rule matches.
@@ -163,9 +202,10 @@ fn widened_form(rule: &Rule, ctx: &SessionContext) -> Vec<Key> {
     }
 }
 
-/// Whether the rule runs in the kernel (for a session like `ctx`), or why not.
-pub fn placement(rule: &Rule, ctx: &SessionContext) -> Result<(), String> {
-    exact_form(rule, ctx).map(|_| ())
+/// Whether the rule runs in the kernel (for a session like `ctx`), or why
+/// not; `Ok(Some(why))` when the kernel runs it only approximately.
+pub fn placement(rule: &Rule, ctx: &SessionContext) -> Result<Option<String>, String> {
+    exact_form(rule, ctx).map(|f| f.approximate)
 }
 
 fn covers(rule_key: &KernelPath, key: &KernelPath) -> bool {
@@ -306,12 +346,19 @@ fn compile_rules<'a>(
             _pad: [0; 3],
         };
         match exact_form(rule, ctx) {
-            Ok((keys, except)) => kernel_rules.push(KernelRule {
-                access,
-                keys,
-                except,
-                slot,
-            }),
+            Ok(form) => {
+                if form.approximate.is_some() {
+                    for a in access.iter() {
+                        exact[a as usize] = false;
+                    }
+                }
+                kernel_rules.push(KernelRule {
+                    access,
+                    keys: form.keys,
+                    except: form.except,
+                    slot,
+                });
+            }
             Err(_) => {
                 for a in access.iter() {
                     exact[a as usize] = false;

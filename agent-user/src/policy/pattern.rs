@@ -256,6 +256,11 @@ impl PathPattern {
     }
 
     /// Kernel keys that match at least what this pattern matches.
+    /// A general glob: no kernel shape of its own.
+    pub fn is_glob(&self) -> bool {
+        matches!(self.body, Body::Glob { .. })
+    }
+
     pub fn widened_keys(&self, ctx: &SessionContext) -> Vec<KernelPath> {
         self.bases(ctx)
             .iter()

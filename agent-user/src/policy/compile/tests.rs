@@ -207,6 +207,55 @@ fn overflowing_entries_end_in_a_user_space_allow() {
 }
 
 #[test]
+fn a_glob_exception_of_a_refusing_rule_is_left_out_by_its_prefix() {
+    let set = Arc::new(load_sources(&[(
+        "g.yaml",
+        r#"
+apiVersion: agentgate.dev/v1
+kind: Profile
+metadata: {name: g}
+spec: {write: [/**], default: refer}
+---
+apiVersion: agentgate.dev/v1
+kind: Policy
+metadata: {name: g}
+rules:
+  - {name: stay, reason: r, match: {open: {path: /**, access: [write], except: [/tmp/**, "/proc/self/fd/*"]}}, action: deny}
+"#,
+    )])
+    .unwrap_or_else(|d| panic!("{d:?}")));
+    let c = compile_session(&set, &ctx("g")).unwrap();
+    let write = AccessMask::of(Access::Write);
+    let kernel = |p: &[u8]| c.decide(&Subject::Open { path: p }, write, 0).0;
+    assert_eq!(kernel(b"/etc/hosts"), Verdict::Deny);
+    assert_eq!(kernel(b"/tmp/x"), Verdict::Allow);
+    assert_eq!(kernel(b"/proc/self/fd/1"), Verdict::Allow);
+    // Under the literal prefix the kernel lets more through than the glob
+    // names; the daemon's engine refuses it right after.
+    assert_eq!(kernel(b"/proc/self/fd/5/hosts.tmp"), Verdict::Allow);
+    let engine = Engine::new(set.clone());
+    let judged = |p: &[u8]| {
+        let s = Subject::Open { path: p };
+        let hist = SessionHistory::new();
+        engine
+            .judge(&s, write, &Process::default(), 1, &ctx("g"), &hist)
+            .verdict
+    };
+    assert_eq!(judged(b"/proc/self/fd/5/hosts.tmp"), Verdict::Deny);
+    assert_eq!(judged(b"/proc/self/fd/1"), Verdict::Allow);
+    assert!(!c.exact[Access::Write as usize]);
+    let rule = set.rule_by_name("stay").unwrap();
+    let place = placement(
+        set.rules().iter().find(|r| r.id() == rule.id).unwrap(),
+        &ctx("g"),
+    );
+    assert!(
+        matches!(place, Ok(Some(ref why)) if why.contains("`/proc/self/fd/*`")),
+        "{place:?}"
+    );
+}
+
+#[test]
 fn shipped_policies_compile_for_every_profile() {
     let set = &SETS[0];
     for p in set.profiles() {
