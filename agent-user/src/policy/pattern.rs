@@ -198,10 +198,16 @@ impl PathPattern {
         }
     }
 
+    /// An abstract unix socket name (`@name`), which the kernel does not
+    /// judge.
+    pub fn is_abstract(&self) -> bool {
+        self.text.starts_with('@')
+    }
+
     /// The kernel keys that match exactly what this pattern matches in this
     /// session, or why there are none.
     pub fn kernel_keys(&self, ctx: &SessionContext) -> Result<Vec<KernelPath>, String> {
-        if self.text.starts_with('@') {
+        if self.is_abstract() {
             return Err(format!(
                 "`{}`: abstract socket names are judged in user space",
                 self.text
