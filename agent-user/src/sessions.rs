@@ -310,6 +310,7 @@ mod tests {
         Compiled {
             kernel: Default::default(),
             exact: [true; agent_common::ACCESS_COUNT],
+            net_excepted: Vec::new(),
         }
     }
 

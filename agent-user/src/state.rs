@@ -265,6 +265,7 @@ mod tests {
             compiled: Compiled {
                 kernel: Default::default(),
                 exact: [true; agent_common::ACCESS_COUNT],
+                net_excepted: Vec::new(),
             },
             tools: vec![],
             action: None,

@@ -617,3 +617,182 @@ fn sessions_reach_the_agent_socket_and_not_the_control_socket() {
         assert!(!d.verdict.blocks(), "{profile}: {}", d.rule_name());
     }
 }
+
+#[test]
+fn after_a_secret_read_only_declared_connects_go_through() {
+    let set = shipped();
+    let engine = Engine::new(set.clone());
+    let c = ctx("coding-agent");
+    let mut hist = SessionHistory::new();
+    // Before: an undeclared host is the profile's default, as always.
+    let d = engine.decide(&connect("10.1.2.3:443"), &c, &hist);
+    assert_eq!(
+        (d.verdict, d.rule_name()),
+        (Verdict::Refer, "coding-agent.default")
+    );
+    // The agent reads the workspace's .env at start.
+    let d = engine.decide(&read("/work/ws/.env"), &c, &hist);
+    assert_eq!(
+        (d.verdict, d.rule_name()),
+        (Verdict::Audit, "secret-file-read")
+    );
+    hist.record(&d, 1);
+    assert_eq!(hist.labels(), set.labels().bit("secret-read").unwrap());
+    let cases = [
+        // What the profile declares keeps working.
+        (
+            connect("127.0.0.1:8000"),
+            Verdict::Allow,
+            "coding-agent.connect.1",
+        ),
+        (
+            connect("[::1]:5173"),
+            Verdict::Allow,
+            "coding-agent.connect.2",
+        ),
+        (
+            connect("127.0.0.1:53"),
+            Verdict::Allow,
+            "coding-agent.connect.3",
+        ),
+        (
+            connect("127.0.0.1:4000"),
+            Verdict::Allow,
+            "coding-agent.connect.4",
+        ),
+        (
+            connect("160.79.104.10:443"),
+            Verdict::Allow,
+            "coding-agent.connect.5",
+        ),
+        (
+            connect("unix:/run/nscd/socket"),
+            Verdict::Allow,
+            "coding-agent.connect.6",
+        ),
+        (
+            connect("unix:/run/agentgate/agent.sock"),
+            Verdict::Allow,
+            "coding-agent.connect.7",
+        ),
+        // Anything else is how the secret leaves.
+        (
+            connect("10.1.2.3:443"),
+            Verdict::Kill,
+            "no-connect-after-secret",
+        ),
+        (
+            connect("[::ffff:10.1.2.3]:443"),
+            Verdict::Kill,
+            "no-connect-after-secret",
+        ),
+        // A declared address on a port it is not declared for.
+        (
+            connect("127.0.0.1:4444"),
+            Verdict::Kill,
+            "no-connect-after-secret",
+        ),
+        (
+            connect("unix:/run/docker.sock"),
+            Verdict::Kill,
+            "no-connect-after-secret",
+        ),
+        (
+            connect("unix:@exfil"),
+            Verdict::Kill,
+            "no-connect-after-secret",
+        ),
+        // Kill outranks the guard's deny.
+        (
+            connect("unix:/run/agentgate/agentgate.sock"),
+            Verdict::Kill,
+            "no-connect-after-secret",
+        ),
+    ];
+    for (ev, verdict, rule) in &cases {
+        let d = engine.decide(ev, &c, &hist);
+        assert_eq!(
+            (d.verdict, d.rule_name()),
+            (*verdict, *rule),
+            "{:?}",
+            ev.target
+        );
+        if d.verdict == Verdict::Kill {
+            assert_eq!(d.outcome, Outcome::ContextDeny);
+        }
+    }
+    // The default profile declares only local sockets: no network at all.
+    let c = ctx("default");
+    let d = engine.decide(&connect("127.0.0.1:8000"), &c, &hist);
+    assert_eq!(
+        (d.verdict, d.rule_name()),
+        (Verdict::Kill, "no-connect-after-secret")
+    );
+    assert_eq!(
+        engine.decide(&connect("unix:/dev/log"), &c, &hist).verdict,
+        Verdict::Allow
+    );
+}
+
+const UNDECLARED: &str = r#"
+apiVersion: agentgate.dev/v1
+kind: Profile
+metadata: {name: none}
+spec: {default: refer}
+---
+apiVersion: agentgate.dev/v1
+kind: Profile
+metadata: {name: all}
+spec:
+  connect: [{}]
+  default: refer
+---
+apiVersion: agentgate.dev/v1
+kind: Profile
+metadata: {name: tooled}
+spec:
+  connect:
+    - unix: [/run/a.sock, "@bus"]
+  tools:
+    fetch:
+      connect: [{addr: localhost}]
+  default: refer
+---
+apiVersion: agentgate.dev/v1
+kind: Policy
+metadata: {name: u}
+rules:
+  - {name: kill-undeclared, reason: r, match: {connect: {undeclared: true}}, action: kill}
+"#;
+
+#[test]
+fn undeclared_is_what_the_sessions_profile_declares_not() {
+    let set = Arc::new(load_sources(&[("u.yaml", UNDECLARED)]).unwrap_or_else(|d| panic!("{d:?}")));
+    let v = |profile: &str, target: &str| {
+        let d = decide(&set, profile, &connect(target));
+        (d.verdict, d.rule_name().to_owned())
+    };
+    let kill = (Verdict::Kill, "kill-undeclared".to_owned());
+    // No connect scope: every connect is undeclared.
+    assert_eq!(v("none", "127.0.0.1:80"), kill);
+    assert_eq!(v("none", "unix:/run/a.sock"), kill);
+    // `connect: [{}]` declares them all.
+    assert_eq!(
+        v("all", "10.1.2.3:443"),
+        (Verdict::Allow, "all.connect.1".into())
+    );
+    assert_eq!(
+        v("all", "unix:@x"),
+        (Verdict::Allow, "all.connect.1".into())
+    );
+    // Tool scopes only narrow: they declare nothing.
+    assert_eq!(v("tooled", "127.0.0.1:80"), kill);
+    assert_eq!(v("tooled", "unix:/run/a.sock").0, Verdict::Allow);
+    assert_eq!(v("tooled", "unix:@bus").0, Verdict::Allow);
+    assert_eq!(v("tooled", "unix:@other"), kill);
+    // Only connects: the matcher has nothing to say on other calls.
+    assert_eq!(
+        decide(&set, "none", &read("/etc/passwd")).verdict,
+        Verdict::Refer
+    );
+}

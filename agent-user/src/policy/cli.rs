@@ -7,8 +7,10 @@ use std::{
 
 use anyhow::{Context, bail};
 
+use agent_common::Verdict;
+
 use super::{
-    Diagnostic, PolicySet, SessionContext, action_name, compile_session,
+    Diagnostic, Placement, PolicySet, SessionContext, Subject, action_name, compile_session,
     explain::{event_path, parse_event},
     placement,
 };
@@ -101,45 +103,73 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line per rule: where it is, what it does, and where it runs.
+/// One line per rule: where it is, what it does, and where it runs (per
+/// profile, where that differs: `connect: {undeclared: true}` depends on
+/// what each profile declares).
 pub fn placements(set: &PolicySet) -> String {
     let mut out = String::new();
     for rule in set.rules() {
-        let profile = rule
-            .profiles
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "default".into());
-        let ctx = SessionContext::resolved(
-            profile,
-            vec![b"/workspace".to_vec()],
-            vec![b"/home/user".to_vec()],
-            1000,
-            vec![],
-        );
-        let place = match placement(rule, &ctx) {
-            Ok(None) => "kernel".to_owned(),
-            Ok(Some(why)) => format!("kernel, approximately ({why})"),
-            Err(why) => {
-                let deferred = set
-                    .profiles()
-                    .iter()
-                    .filter(|p| rule.profiles.is_empty() || rule.profiles.contains(&p.name))
-                    .any(|p| rule.action() < p.default);
-                let note = if deferred {
-                    "; the kernel lets its calls through and the daemon decides"
-                } else {
-                    ""
-                };
-                format!("user space ({why}{note})")
+        let mut profiles: Vec<(&str, Verdict)> = set
+            .profiles()
+            .iter()
+            .filter(|p| rule.profiles.is_empty() || rule.profiles.contains(&p.name))
+            .map(|p| (p.name.as_str(), p.default))
+            .collect();
+        if profiles.is_empty() {
+            // A set without profiles: no session can use it anyway.
+            profiles.push(("default", Verdict::None));
+        }
+        // Profiles with the same placement, in set order; whether the
+        // kernel defers to the daemon for any of them.
+        let mut groups: Vec<(Placement, Vec<&str>, bool)> = Vec::new();
+        for (name, default) in profiles {
+            let ctx = SessionContext::resolved(
+                name,
+                vec![b"/workspace".to_vec()],
+                vec![b"/home/user".to_vec()],
+                1000,
+                vec![],
+            );
+            let place = placement(rule, &ctx, default);
+            let deferred = rule.action() < default;
+            match groups.iter_mut().find(|(p, _, _)| *p == place) {
+                Some((_, names, d)) => {
+                    names.push(name);
+                    *d |= deferred;
+                }
+                None => groups.push((place, vec![name], deferred)),
             }
-        };
+        }
+        let many = groups.len() > 1;
+        let places: Vec<String> = groups
+            .into_iter()
+            .map(|(place, names, deferred)| {
+                let place = match place {
+                    Placement::Kernel => "kernel".to_owned(),
+                    Placement::Partly(why) => format!("kernel, in part ({why})"),
+                    Placement::UserSpace(why) => {
+                        let note = if deferred {
+                            "; the kernel lets its calls through and the daemon decides"
+                        } else {
+                            ""
+                        };
+                        format!("user space ({why}{note})")
+                    }
+                };
+                if many {
+                    format!("{place} for {}", names.join(", "))
+                } else {
+                    place
+                }
+            })
+            .collect();
         let info = &rule.info;
         out.push_str(&format!(
-            "{}: {} [{}] {place}\n",
+            "{}: {} [{}] {}\n",
             info.at,
             info.name,
-            action_name(info.action)
+            action_name(info.action),
+            places.join("; ")
         ));
     }
     out
@@ -230,6 +260,20 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             set.labels().names(d.set_labels).join(", ")
         );
     }
+    if let Ok(declared) = with_subject(&ev, |s, _| match s {
+        Subject::Inet { .. } | Subject::Unix { .. } => Some(set.declared_by(s, &ctx)),
+        _ => None,
+    }) && let Some(declared) = declared
+    {
+        match declared {
+            Some(r) => println!("declared: yes, by {} at {}", r.name, r.at),
+            None => println!(
+                "declared: no: no entry of profile {}'s connect scope covers it (what \
+                 `connect: {{undeclared: true}}` matches)",
+                ctx.profile
+            ),
+        }
+    }
     let ks = compile_session(&set, &ctx)?;
     let kernel = with_subject(&ev, |s, access| {
         let exact = access.iter().all(|x| ks.exact[x as usize]);
@@ -268,4 +312,57 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::policy::mapped;
+
+    fn shipped() -> PolicySet {
+        super::super::load(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")]).unwrap()
+    }
+
+    #[test]
+    fn check_says_per_profile_where_undeclared_runs() {
+        let out = placements(&shipped());
+        let line = out
+            .lines()
+            .find(|l| l.contains(" no-connect-after-secret [kill] "))
+            .unwrap();
+        assert!(line.contains("kernel for default"), "{line}");
+        assert!(
+            line.contains(
+                "kernel, in part (profile coding-agent declares 127.0.0.0/8 for some ports only"
+            ),
+            "{line}"
+        );
+        assert!(line.contains(") for coding-agent"), "{line}");
+        // Rules that run alike for every profile say it once.
+        let line = out.lines().find(|l| l.contains(" no-ssh-keys ")).unwrap();
+        assert!(line.ends_with("[deny] kernel"), "{line}");
+    }
+
+    #[test]
+    fn explain_names_the_declaration_a_connect_falls_under() {
+        let set = shipped();
+        let ctx = SessionContext::resolved("coding-agent", vec![], vec![], 1000, vec![]);
+        let inet = |ip: [u8; 4], port| Subject::Inet {
+            ip: mapped(Ipv4Addr::from(ip).into()),
+            port,
+        };
+        let by = |s: &Subject<'_>| set.declared_by(s, &ctx).map(|r| r.name.clone());
+        assert_eq!(
+            by(&inet([127, 0, 0, 1], 8000)).as_deref(),
+            Some("coding-agent.connect.1")
+        );
+        assert_eq!(by(&inet([127, 0, 0, 1], 4444)), None);
+        assert_eq!(by(&inet([10, 1, 2, 3], 443)), None);
+        let sock = Subject::Unix {
+            path: b"/run/agentgate/agent.sock",
+        };
+        assert_eq!(by(&sock).as_deref(), Some("coding-agent.connect.7"));
+    }
 }

@@ -8,7 +8,10 @@
 //! when such a rule could let through what the profile's default refuses,
 //! the kernel gets a widened copy of it that allows (rule id kept), and the
 //! daemon's engine gives the real verdict: the kernel never refuses what the
-//! engine would let through.
+//! engine would let through. A rule that refuses at least as strongly as
+//! the default may instead reach the kernel narrowed (`connect:
+//! {undeclared: true}` where the profile declares addresses for some ports
+//! only): the kernel then refuses a subset of what the engine refuses.
 use std::{cmp::Reverse, collections::BTreeSet, net::Ipv6Addr};
 
 use agent_common::{
@@ -42,6 +45,10 @@ pub struct Compiled {
     /// Per [`Access`]: the kernel's verdict is the engine's (no rule on this
     /// access is left to user space and no entry overflowed its slots).
     pub exact: [bool; ACCESS_COUNT],
+    /// The rules with network exceptions, as compiled: a grant's entry (one
+    /// address, one port) is given their slots where they apply, since the
+    /// any-port entry it would copy them from may leave them out.
+    pub net_excepted: Vec<KernelRule>,
 }
 
 #[derive(Clone, Debug)]
@@ -50,26 +57,67 @@ enum Key {
     Net { net: Ipv6Net, port: u16 },
 }
 
-struct KernelRule {
+/// A rule as the kernel holds it: its keys, and the keys where it is left
+/// out (paths: exceptions; networks: `(net, port)`, port 0 for any).
+#[derive(Clone, Debug)]
+pub struct KernelRule {
     access: AccessMask,
     keys: Vec<Key>,
-    except: Vec<KernelPath>,
+    except: Vec<Key>,
     slot: RuleSlot,
 }
 
-/// A rule as the kernel runs it.
-struct KernelForm {
-    keys: Vec<Key>,
-    except: Vec<KernelPath>,
-    /// The kernel refuses less than the rule (a general glob among the
-    /// exceptions of a refusing rule, left out under its literal prefix):
-    /// why. The daemon judges those calls.
-    approximate: Option<String>,
+/// The `(net, port)` pairs among `keys`.
+fn net_keys(keys: &[Key]) -> impl Iterator<Item = (Ipv6Net, u16)> + '_ {
+    keys.iter().filter_map(|k| match k {
+        Key::Net { net, port } => Some((*net, *port)),
+        Key::Path(_) => None,
+    })
 }
 
-/// Where a rule runs in this session: its kernel keys and exceptions, or
-/// why it stays in user space.
-fn exact_form(rule: &Rule, ctx: &SessionContext) -> Result<KernelForm, String> {
+/// The paths among `keys`.
+fn path_keys(keys: &[Key]) -> impl Iterator<Item = &KernelPath> {
+    keys.iter().filter_map(|k| match k {
+        Key::Path(p) => Some(p),
+        Key::Net { .. } => None,
+    })
+}
+
+impl KernelRule {
+    /// Whether the rule belongs on the net entry `(net, port)`: a key of it
+    /// covers the entry (port-specific entries carry the any-port rules too,
+    /// so that one look-up answers) and no exception does. An entry for
+    /// port 0 answers for every port (the kernel looks it up beside the
+    /// exact port), so there an exception on the network leaves the rule
+    /// out whatever its port: the rule is then judged exactly only on
+    /// port-specific entries, and `undeclared_form` says it is not exact.
+    fn on_net(&self, net: Ipv6Net, port: u16) -> bool {
+        net_keys(&self.keys).any(|(n, p)| (p == port || p == 0) && n.contains(&net))
+            && !net_keys(&self.except)
+                .any(|(n, p)| n.contains(&net) && (port == 0 || p == 0 || p == port))
+    }
+}
+
+/// The accesses a rule is compiled for, one part at a time: `undeclared`
+/// is exact on inet addresses and on unix sockets independently (each has
+/// its own declarations).
+fn parts(rule: &Rule) -> Vec<AccessMask> {
+    let access = rule.target.access();
+    match &rule.target {
+        TargetMatch::Connect(ConnectMatch::Undeclared(_)) => {
+            access.iter().map(AccessMask::of).collect()
+        }
+        _ => vec![access],
+    }
+}
+
+/// Where a rule runs in this session, on `access` (one of its [`parts`]):
+/// its kernel keys and exceptions, or why it stays in user space.
+fn exact_form(
+    rule: &Rule,
+    ctx: &SessionContext,
+    access: AccessMask,
+) -> Result<(Vec<Key>, Vec<Key>), String> {
     if !rule.process.is_empty() {
         return Err(
             "process conditions (uid, comm, exe, ancestor) are checked in user space".into(),
@@ -83,15 +131,18 @@ fn exact_form(rule: &Rule, ctx: &SessionContext) -> Result<KernelForm, String> {
             if m.args.is_some() || m.argv_regex.is_some() {
                 return Err("argv patterns are checked in user space".into());
             }
-            path_form(&m.path, rule, ctx)
+            path_form(&m.path, ctx, false)
         }
-        TargetMatch::Open { path, .. } => path_form(path, rule, ctx),
-        TargetMatch::Connect(ConnectMatch::Any) => Ok(KernelForm {
-            keys: any_connect(),
-            except: vec![],
-            approximate: None,
-        }),
-        TargetMatch::Connect(ConnectMatch::Unix(p)) => path_form(p, rule, ctx),
+        TargetMatch::Open { path, .. } => path_form(path, ctx, false),
+        TargetMatch::Connect(ConnectMatch::Any) => Ok((any_connect(), vec![])),
+        TargetMatch::Connect(ConnectMatch::Undeclared(d)) => {
+            let (keys, except, why) = undeclared_form(d.of(&ctx.profile), ctx, access);
+            match why {
+                None => Ok((keys, except)),
+                Some(why) => Err(why),
+            }
+        }
+        TargetMatch::Connect(ConnectMatch::Unix(p)) => path_form(p, ctx, false),
         TargetMatch::Connect(ConnectMatch::Inet(m)) => {
             let ports = m.kernel_ports().ok_or_else(|| {
                 format!(
@@ -104,13 +155,134 @@ fn exact_form(rule: &Rule, ctx: &SessionContext) -> Result<KernelForm, String> {
                 .into_iter()
                 .flat_map(|net| ports.iter().map(move |&port| Key::Net { net, port }))
                 .collect();
-            Ok(KernelForm {
-                keys,
-                except: vec![],
-                approximate: None,
-            })
+            Ok((keys, vec![]))
         }
     }
+}
+
+/// Keys and exceptions that cover at most what the rule matches, for a rule
+/// the kernel cannot take exactly; `None` when there are none to give.
+fn narrowed_form(
+    rule: &Rule,
+    ctx: &SessionContext,
+    access: AccessMask,
+) -> Option<(Vec<Key>, Vec<Key>)> {
+    if !rule.process.is_empty() || rule.after.is_some() {
+        return None;
+    }
+    match &rule.target {
+        TargetMatch::Connect(ConnectMatch::Undeclared(d)) => {
+            let (keys, except, _) = undeclared_form(d.of(&ctx.profile), ctx, access);
+            Some((keys, except))
+        }
+        TargetMatch::Exec(m) if m.args.is_none() && m.argv_regex.is_none() => {
+            path_form(&m.path, ctx, true).ok()
+        }
+        TargetMatch::Open { path, .. } => path_form(path, ctx, true).ok(),
+        TargetMatch::Connect(ConnectMatch::Unix(p)) => path_form(p, ctx, true).ok(),
+        _ => None,
+    }
+}
+
+/// `connect: {undeclared: true}` in a session of a profile that declares
+/// `declared`: every connect, except on the keys of each declared entry.
+/// The third value says why that is not exact on `access`; the exceptions
+/// are then at least as wide as the declarations (a declared port range too
+/// wide to list: the whole address; a socket pattern the kernel cannot
+/// key: its widened prefix), so the keys cover at most what the rule
+/// matches.
+fn undeclared_form(
+    declared: &[ConnectMatch],
+    ctx: &SessionContext,
+    access: AccessMask,
+) -> (Vec<Key>, Vec<Key>, Option<String>) {
+    if declared.iter().any(|m| matches!(m, ConnectMatch::Any)) {
+        // The profile declares every connect: none is undeclared.
+        return (vec![], vec![], None);
+    }
+    let profile = &ctx.profile;
+    let (mut why, mut why_unix): (Option<String>, Option<String>) = (None, None);
+    let mut nets: Vec<(Ipv6Net, u16)> = Vec::new();
+    let mut paths: Vec<KernelPath> = Vec::new();
+    for m in declared {
+        match m {
+            ConnectMatch::Inet(m) => {
+                let ports = m.kernel_ports().unwrap_or_else(|| {
+                    why.get_or_insert_with(|| {
+                        format!(
+                            "profile {profile} declares a port range wider than {} ports: the daemon \
+                             judges connects to those addresses",
+                            super::net::KERNEL_PORTS_MAX
+                        )
+                    });
+                    vec![0]
+                });
+                for net in m.kernel_nets() {
+                    nets.extend(ports.iter().map(|&port| (net, port)));
+                }
+            }
+            ConnectMatch::Unix(set) => {
+                // The kernel does not judge abstract names (`@name`): a
+                // declared one needs no exception there.
+                for p in set.patterns.iter().filter(|p| !p.is_abstract()) {
+                    match p.kernel_keys(ctx) {
+                        Ok(keys) if !keys.iter().any(|k| matches!(k, KernelPath::Suffix(_))) => {
+                            paths.extend(keys);
+                        }
+                        found => {
+                            why_unix.get_or_insert_with(|| match found {
+                                Err(e) => format!(
+                                    "profile {profile} declares a socket the kernel cannot \
+                                     look up ({e}): the daemon judges unix connects there"
+                                ),
+                                Ok(_) => format!(
+                                    "profile {profile} declares the suffix `{}`: the kernel \
+                                     leaves out exact paths and dir/** only, so the daemon \
+                                     judges unix connects",
+                                    p.text
+                                ),
+                            });
+                            paths.extend(p.widened_keys(ctx).into_iter().map(|k| match k {
+                                KernelPath::Suffix(_) => KernelPath::Prefix(Vec::new()),
+                                k => k,
+                            }));
+                        }
+                    }
+                }
+            }
+            ConnectMatch::Any | ConnectMatch::Undeclared(_) => {}
+        }
+    }
+    // A port-specific entry inside an address declared for any port adds
+    // nothing. The others cannot be exact: the any-port entry the kernel
+    // looks up beside the exact port answers for every port, so on those
+    // addresses it leaves the rule out (`KernelRule::on_net`) and only the
+    // port-specific entries the table holds carry it.
+    let any_port: Vec<Ipv6Net> = nets
+        .iter()
+        .filter(|(_, p)| *p == 0)
+        .map(|(n, _)| *n)
+        .collect();
+    nets.retain(|(n, p)| *p == 0 || !any_port.iter().any(|a| a.contains(n)));
+    if let Some((net, _)) = nets.iter().find(|(_, p)| *p != 0) {
+        why.get_or_insert_with(|| {
+            format!(
+                "profile {profile} declares {} for some ports only: the kernel cannot leave \
+                 out one port of an address, so the daemon judges connects there to its other \
+                 ports",
+                super::net::show(net)
+            )
+        });
+    }
+    let except = nets
+        .into_iter()
+        .map(|(net, port)| Key::Net { net, port })
+        .chain(paths.into_iter().map(Key::Path))
+        .collect();
+    let why = why
+        .filter(|_| access.has(Access::ConnectInet))
+        .or(why_unix.filter(|_| access.has(Access::ConnectUnix)));
+    (any_connect(), except, why)
 }
 
 fn any_connect() -> Vec<Key> {
@@ -123,7 +295,15 @@ fn any_connect() -> Vec<Key> {
     ]
 }
 
-fn path_form(set: &PathSet, rule: &Rule, ctx: &SessionContext) -> Result<KernelForm, String> {
+/// The rule's paths as kernel keys and exceptions. With `widen_globs`, a
+/// general glob among the exceptions is left out by its literal prefix
+/// (`/proc/self/fd/*` by `/proc/self/fd/`): more than the glob names, so
+/// the keys cover at most what the rule matches (a narrowed form).
+fn path_form(
+    set: &PathSet,
+    ctx: &SessionContext,
+    widen_globs: bool,
+) -> Result<(Vec<Key>, Vec<Key>), String> {
     if !set.regexes.is_empty() {
         return Err("path regexes are checked in user space".into());
     }
@@ -135,26 +315,26 @@ fn path_form(set: &PathSet, rule: &Rule, ctx: &SessionContext) -> Result<KernelF
         keys.push(Key::Path(KernelPath::Prefix(Vec::new())));
     }
     let mut except = Vec::new();
-    let mut approximate = Vec::new();
     for p in &set.except {
-        match p.kernel_keys(ctx) {
-            Ok(ks) => {
-                if ks.iter().any(|k| matches!(k, KernelPath::Suffix(_))) {
-                    return Err(format!(
-                        "`except: {}` is a suffix: the kernel takes exact paths and dir/** there",
-                        p.text
-                    ));
-                }
-                except.extend(ks);
+        let ks = match p.kernel_keys(ctx) {
+            Err(_) if widen_globs && p.is_glob() => p.widened_keys(ctx),
+            Err(e) => {
+                return Err(format!(
+                    "`except: {}`: {e}; the daemon judges the calls under `{}`",
+                    p.text,
+                    String::from_utf8_lossy(p.literal())
+                ));
             }
-            // Leaving a refusing rule out under more paths than the glob
-            // names makes the kernel refuse less, never more: safe, and
-            // the rule keeps its kernel entries everywhere else.
-            Err(_) if p.is_glob() && rule.action().blocks() => {
-                except.extend(p.widened_keys(ctx));
-                approximate.push(format!("`{}`", p.text));
+            Ok(ks) => ks,
+        };
+        for k in ks {
+            if matches!(k, KernelPath::Suffix(_)) {
+                return Err(format!(
+                    "`except: {}` is a suffix: the kernel takes exact paths and dir/** there",
+                    p.text
+                ));
             }
-            Err(e) => return Err(e),
+            except.push(Key::Path(k));
         }
     }
     if !except.is_empty()
@@ -164,17 +344,7 @@ fn path_form(set: &PathSet, rule: &Rule, ctx: &SessionContext) -> Result<KernelF
     {
         return Err("`except` with a suffix pattern is checked in user space".into());
     }
-    Ok(KernelForm {
-        keys,
-        except,
-        approximate: (!approximate.is_empty()).then(|| {
-            format!(
-                "the general-glob exceptions {} are left out by their literal prefix; \
-                 the daemon judges the calls under it",
-                approximate.join(", ")
-            )
-        }),
-    })
+    Ok((keys, except))
 }
 
 /// Keys that cover at least every call the rule matches.
@@ -192,7 +362,7 @@ fn widened_form(rule: &Rule, ctx: &SessionContext) -> Vec<Key> {
     match &rule.target {
         TargetMatch::Exec(m) => paths(&m.path),
         TargetMatch::Open { path, .. } => paths(path),
-        TargetMatch::Connect(ConnectMatch::Any) => any_connect(),
+        TargetMatch::Connect(ConnectMatch::Any | ConnectMatch::Undeclared(_)) => any_connect(),
         TargetMatch::Connect(ConnectMatch::Unix(p)) => paths(p),
         TargetMatch::Connect(ConnectMatch::Inet(m)) => m
             .kernel_nets()
@@ -202,10 +372,37 @@ fn widened_form(rule: &Rule, ctx: &SessionContext) -> Vec<Key> {
     }
 }
 
-/// Whether the rule runs in the kernel (for a session like `ctx`), or why
-/// not; `Ok(Some(why))` when the kernel runs it only approximately.
-pub fn placement(rule: &Rule, ctx: &SessionContext) -> Result<Option<String>, String> {
-    exact_form(rule, ctx).map(|f| f.approximate)
+/// Where a rule runs in a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The kernel decides it alone.
+    Kernel,
+    /// The kernel refuses part of what it matches, synchronously; the daemon
+    /// judges the rest (why).
+    Partly(String),
+    /// The daemon judges it (why).
+    UserSpace(String),
+}
+
+/// Where the rule runs in a session like `ctx`, whose profile's default is
+/// `default`.
+pub fn placement(rule: &Rule, ctx: &SessionContext, default: Verdict) -> Placement {
+    let (mut why, mut some_in_kernel) = (None, false);
+    for access in parts(rule) {
+        match exact_form(rule, ctx, access) {
+            Ok(_) => some_in_kernel = true,
+            Err(w) => {
+                some_in_kernel |=
+                    rule.action() >= default && narrowed_form(rule, ctx, access).is_some();
+                why.get_or_insert(w);
+            }
+        }
+    }
+    match why {
+        None => Placement::Kernel,
+        Some(why) if some_in_kernel => Placement::Partly(why),
+        Some(why) => Placement::UserSpace(why),
+    }
 }
 
 fn covers(rule_key: &KernelPath, key: &KernelPath) -> bool {
@@ -335,8 +532,7 @@ fn compile_rules<'a>(
     let ruleset = 0;
     let mut exact = [true; ACCESS_COUNT];
     let mut kernel_rules = Vec::new();
-    for rule in rules {
-        let access = rule.target.access();
+    for (rule, access) in rules.flat_map(|r| parts(r).into_iter().map(move |a| (r, a))) {
         let slot = RuleSlot {
             require: rule.require,
             forbid: rule.forbid,
@@ -345,20 +541,13 @@ fn compile_rules<'a>(
             verdict: rule.action() as u8,
             _pad: [0; 3],
         };
-        match exact_form(rule, ctx) {
-            Ok(form) => {
-                if form.approximate.is_some() {
-                    for a in access.iter() {
-                        exact[a as usize] = false;
-                    }
-                }
-                kernel_rules.push(KernelRule {
-                    access,
-                    keys: form.keys,
-                    except: form.except,
-                    slot,
-                });
-            }
+        match exact_form(rule, ctx, access) {
+            Ok((keys, except)) => kernel_rules.push(KernelRule {
+                access,
+                keys,
+                except,
+                slot,
+            }),
             Err(_) => {
                 for a in access.iter() {
                     exact[a as usize] = false;
@@ -374,6 +563,15 @@ fn compile_rules<'a>(
                             ..slot
                         },
                     });
+                } else if let Some((keys, except)) = narrowed_form(rule, ctx, access) {
+                    // Where the kernel leaves it out, the default (or
+                    // another rule) refuses no more than the engine does.
+                    kernel_rules.push(KernelRule {
+                        access,
+                        keys,
+                        except,
+                        slot,
+                    });
                 }
             }
         }
@@ -387,6 +585,11 @@ fn compile_rules<'a>(
             layer,
         },
         exact,
+        net_excepted: rules
+            .iter()
+            .filter(|r| net_keys(&r.except).next().is_some())
+            .cloned()
+            .collect(),
     };
     for access in super::matcher::ALL_ACCESS {
         let here: Vec<&KernelRule> = rules.iter().filter(|r| r.access.has(access)).collect();
@@ -400,23 +603,16 @@ fn compile_rules<'a>(
 }
 
 fn compile_paths(rules: &[&KernelRule], access: Access, ruleset: u32, out: &mut Compiled) {
-    let mut keys: BTreeSet<KernelPath> = BTreeSet::new();
-    for r in rules {
-        keys.extend(r.keys.iter().filter_map(|k| match k {
-            Key::Path(p) => Some(p.clone()),
-            Key::Net { .. } => None,
-        }));
-        keys.extend(r.except.iter().cloned());
-    }
+    let keys: BTreeSet<KernelPath> = rules
+        .iter()
+        .flat_map(|r| path_keys(&r.keys).chain(path_keys(&r.except)))
+        .cloned()
+        .collect();
+    let on = |keys: &[Key], key: &KernelPath| path_keys(keys).any(|p| covers(p, key));
     for key in keys {
         let slots = rules
             .iter()
-            .filter(|r| {
-                r.keys
-                    .iter()
-                    .any(|k| matches!(k, Key::Path(p) if covers(p, &key)))
-                    && !r.except.iter().any(|e| covers(e, &key))
-            })
+            .filter(|r| on(&r.keys, &key) && !on(&r.except, &key))
             .map(|r| r.slot)
             .collect();
         let (e, fits) = entry(slots);
@@ -445,30 +641,27 @@ fn compile_paths(rules: &[&KernelRule], access: Access, ruleset: u32, out: &mut 
 }
 
 fn compile_net(rules: &[&KernelRule], ruleset: u32, out: &mut Compiled) {
-    let nets = |r: &KernelRule| -> Vec<(Ipv6Net, u16)> {
-        r.keys
-            .iter()
-            .filter_map(|k| match k {
-                Key::Net { net, port } => Some((*net, *port)),
-                Key::Path(_) => None,
-            })
-            .collect()
-    };
-    let keys: BTreeSet<(u16, Ipv6Net)> = rules
+    let mut keys: BTreeSet<(u16, Ipv6Net)> = rules
         .iter()
-        .flat_map(|r| nets(r))
+        .flat_map(|r| net_keys(&r.keys).chain(net_keys(&r.except)))
         .map(|(n, p)| (p, n))
         .collect();
+    // An exception's network gets an entry at every port the table holds:
+    // the longest match at a port is then never wider than an exception
+    // that covers the address, and can leave the rule out.
+    let ports: BTreeSet<u16> = keys.iter().map(|(p, _)| *p).chain([0]).collect();
+    let excepted: BTreeSet<Ipv6Net> = rules
+        .iter()
+        .flat_map(|r| net_keys(&r.except))
+        .map(|(n, _)| n)
+        .collect();
+    for net in excepted {
+        keys.extend(ports.iter().map(|p| (*p, net)));
+    }
     for (port, net) in keys {
-        // Port-specific entries also carry the any-port rules, so that one
-        // look-up gives the whole answer (the kernel looks up port 0 too).
         let slots = rules
             .iter()
-            .filter(|r| {
-                nets(r)
-                    .iter()
-                    .any(|(n, p)| (*p == port || *p == 0) && n.contains(&net))
-            })
+            .filter(|r| r.on_net(net, port))
             .map(|r| r.slot)
             .collect();
         let (e, fits) = entry(slots);
@@ -579,19 +772,15 @@ impl Compiled {
     pub fn grant(&self, target: &GrantTarget, access: AccessMask, rule: RuleId) -> KernelRuleset {
         let k = &self.kernel;
         let mut out = KernelRuleset::default();
-        let lift = |found: Option<&RuleEntry>| {
+        let lift = |found: Option<&RuleEntry>, more: Vec<RuleSlot>| {
             let mut slots: Vec<RuleSlot> = found
-                .map(|e| {
-                    e.slots
-                        .iter()
-                        .filter(|s| s.verdict != Verdict::None as u8)
-                        .filter(|s| {
-                            s.require != 0 || s.forbid != 0 || s.verdict != Verdict::Refer as u8
-                        })
-                        .copied()
-                        .collect()
-                })
-                .unwrap_or_default();
+                .map_or(&[][..], |e| &e.slots[..])
+                .iter()
+                .copied()
+                .chain(more)
+                .filter(|s| s.verdict != Verdict::None as u8)
+                .filter(|s| s.require != 0 || s.forbid != 0 || s.verdict != Verdict::Refer as u8)
+                .collect();
             slots.push(RuleSlot {
                 verdict: Verdict::Allow as u8,
                 rule,
@@ -607,13 +796,26 @@ impl Compiled {
                 }
                 for a in access.iter() {
                     let found = lpm(&k.path, k.layer.ruleset, a, &key_data(path));
-                    out.path
-                        .push((path_prefix_bits(len), path_key(0, a, path), lift(found)));
+                    out.path.push((
+                        path_prefix_bits(len),
+                        path_key(0, a, path),
+                        lift(found, vec![]),
+                    ));
                 }
             }
             GrantTarget::Inet { ip, port } => {
                 let found = lpm_net(&k.net, k.layer.ruleset, *port, *ip)
                     .or_else(|| lpm_net(&k.net, k.layer.ruleset, 0, *ip));
+                // The grant's entry is port-specific: the rules the any-port
+                // entry leaves out for this address but that apply at this
+                // port go on it again.
+                let one = Ipv6Net::new(*ip, 128).unwrap_or_default();
+                let more = self
+                    .net_excepted
+                    .iter()
+                    .filter(|r| r.access.has(Access::ConnectInet) && r.on_net(one, *port))
+                    .map(|r| r.slot)
+                    .collect();
                 out.net.push((
                     net_prefix_bits(128),
                     NetRuleKey {
@@ -622,7 +824,7 @@ impl Compiled {
                         _pad: 0,
                         addr: ip.octets(),
                     },
-                    lift(found),
+                    lift(found, more),
                 ));
             }
         }

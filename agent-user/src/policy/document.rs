@@ -9,13 +9,17 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::{
     diagnostic::{Diagnostic, Pos},
-    matcher::{AccessMask, ConnectMatch, ExecMatch, PathSet, ProcessMatch, TargetMatch},
+    matcher::{AccessMask, ConnectMatch, Declared, ExecMatch, PathSet, ProcessMatch, TargetMatch},
     net::{InetMatch, parse_net, parse_ports},
     pattern::PathPattern,
     yaml::{Node, NodeKind},
 };
 
 pub const API_VERSION: &str = "agentgate.dev/v1";
+
+/// The fields of a connect matcher, in a rule or a scope entry
+/// (`undeclared` is refused in a scope with a reason of its own).
+const CONNECT_FIELDS: &[&str] = &["addr", "port", "unix", "undeclared"];
 
 /// A value and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -612,11 +616,16 @@ impl<'a> Decoder<'a> {
         if node.is_null() {
             return Some(TargetMatch::Connect(ConnectMatch::Any));
         }
-        let f = self.fields(node, "connect", &["addr", "port", "unix"])?;
-        self.connect_fields(&f).map(TargetMatch::Connect)
+        let f = self.fields(node, "connect", CONNECT_FIELDS)?;
+        self.connect_fields(&f, None).map(TargetMatch::Connect)
     }
 
-    fn connect_fields(&mut self, f: &Fields<'_>) -> Option<ConnectMatch> {
+    /// The fields of a connect matcher; `scope` names the scope they are an
+    /// entry of (`None`: a rule's match).
+    fn connect_fields(&mut self, f: &Fields<'_>, scope: Option<&str>) -> Option<ConnectMatch> {
+        if let Some(n) = f.get("undeclared") {
+            return self.undeclared(f, n, scope);
+        }
         if f.get("unix").is_some() {
             if let Some(n) = f.get("addr").or(f.get("port")) {
                 self.err(n.pos, "`unix` and `addr`/`port` together: a connect goes to one or the other, so the rule could never match");
@@ -664,6 +673,60 @@ impl<'a> Decoder<'a> {
             }
         }
         ok.then_some(ConnectMatch::Inet(m))
+    }
+
+    /// `undeclared: true`, alone, in a rule: resolved against the profiles
+    /// when the set is assembled.
+    fn undeclared(
+        &mut self,
+        f: &Fields<'_>,
+        n: &Node,
+        scope: Option<&str>,
+    ) -> Option<ConnectMatch> {
+        if let Some(whose) = scope {
+            self.err(
+                n.pos,
+                format!(
+                    "`undeclared` in the connect scope of {whose}: a scope says where the session \
+                     may connect; `undeclared` is for a rule's match (a connect that no entry of \
+                     the profile's connect scope covers)"
+                ),
+            );
+            return None;
+        }
+        match scalar(n) {
+            Some("true") => {}
+            Some("false") => {
+                self.err(
+                    n.pos,
+                    "`undeclared: false` adds nothing: leave `undeclared` out (a connect matcher \
+                     without it matches declared and undeclared connects alike)",
+                );
+                return None;
+            }
+            _ => {
+                self.err(
+                    n.pos,
+                    format!("`undeclared` must be `true`, not {}", n.describe()),
+                );
+                return None;
+            }
+        }
+        if let Some(other) = ["addr", "port", "unix"]
+            .into_iter()
+            .find(|k| f.get(k).is_some())
+        {
+            self.err(
+                n.pos,
+                format!(
+                    "`undeclared` and `{other}` together: `undeclared: true` stands alone (every \
+                     connect the session's profile does not declare); put `{other}` in a rule of \
+                     its own"
+                ),
+            );
+            return None;
+        }
+        Some(ConnectMatch::Undeclared(Declared::default()))
     }
 
     fn globs(&mut self, node: &Node, what: &str, separator: bool) -> Option<GlobSet> {
@@ -951,8 +1014,8 @@ impl<'a> Decoder<'a> {
                 NodeKind::Seq(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let c = self
-                            .fields(item, "a connect scope", &["addr", "port", "unix"])
-                            .and_then(|f| self.connect_fields(&f))
+                            .fields(item, "a connect scope", CONNECT_FIELDS)
+                            .and_then(|f| self.connect_fields(&f, Some(&whose)))
                             .map(TargetMatch::Connect);
                         scope(&format!("connect.{}", i + 1), c, item.pos);
                     }

@@ -431,14 +431,16 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
     for (i, r) in rules.iter().enumerate() {
         by_kind[r.target.kind() as usize].push(i);
     }
-    PolicySet {
+    let mut set = PolicySet {
         rules,
         table,
         rule_index,
         by_kind,
         profiles,
         labels,
-    }
+    };
+    set.resolve_undeclared();
+    set
 }
 
 /// `after: X` with no time limit is a fact about the session — X let a call

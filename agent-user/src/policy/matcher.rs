@@ -1,5 +1,5 @@
 //! Compiled matchers: what a rule looks at in an event and its process.
-use std::{ffi::OsStr, net::Ipv6Addr, os::unix::ffi::OsStrExt};
+use std::{ffi::OsStr, net::Ipv6Addr, os::unix::ffi::OsStrExt, sync::Arc};
 
 use agent_common::Access;
 use globset::GlobSet;
@@ -104,6 +104,43 @@ pub enum ConnectMatch {
     Any,
     Inet(InetMatch),
     Unix(PathSet),
+    /// `undeclared: true`: a connect that no `connect:` scope entry of the
+    /// session's profile covers.
+    Undeclared(Declared),
+}
+
+/// What each profile declares in its `connect:` scope (its
+/// `PROFILE.connect.N` rules; tool scopes only narrow, so they declare
+/// nothing). Empty until the policy set is assembled, where the profiles
+/// are known.
+#[derive(Clone, Debug, Default)]
+pub struct Declared(pub Arc<Vec<(String, Vec<ConnectMatch>)>>);
+
+impl Declared {
+    /// The entries `profile` declares (none for a profile without a
+    /// `connect:` scope, or one the set does not have).
+    pub fn of(&self, profile: &str) -> &[ConnectMatch] {
+        self.0
+            .iter()
+            .find(|(p, _)| p == profile)
+            .map_or(&[], |(_, m)| m.as_slice())
+    }
+}
+
+impl ConnectMatch {
+    /// Whether a connect to `s` matches (`false` for calls that are not
+    /// connects).
+    pub fn matches(&self, s: &Subject<'_>, ctx: &SessionContext) -> bool {
+        match (self, s) {
+            (Self::Any, Subject::Inet { .. } | Subject::Unix { .. }) => true,
+            (Self::Inet(m), Subject::Inet { ip, port }) => m.matches(*ip, *port),
+            (Self::Unix(p), Subject::Unix { path }) => p.matches(path, ctx),
+            (Self::Undeclared(d), Subject::Inet { .. } | Subject::Unix { .. }) => {
+                !d.of(&ctx.profile).iter().any(|m| m.matches(s, ctx))
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -134,7 +171,7 @@ impl TargetMatch {
         match self {
             Self::Exec(_) => AccessMask::of(Access::Exec),
             Self::Open { access, .. } => *access,
-            Self::Connect(ConnectMatch::Any) => {
+            Self::Connect(ConnectMatch::Any | ConnectMatch::Undeclared(_)) => {
                 AccessMask::of(Access::ConnectInet).with(Access::ConnectUnix)
             }
             Self::Connect(ConnectMatch::Inet(_)) => AccessMask::of(Access::ConnectInet),
@@ -154,16 +191,7 @@ impl TargetMatch {
                         .is_none_or(|r| r.is_match(&argv.join(" ")))
             }
             (Self::Open { path: p, .. }, Subject::Open { path }) => p.matches(path, ctx),
-            (Self::Connect(c), Subject::Inet { ip, port }) => match c {
-                ConnectMatch::Any => true,
-                ConnectMatch::Inet(m) => m.matches(*ip, *port),
-                ConnectMatch::Unix(_) => false,
-            },
-            (Self::Connect(c), Subject::Unix { path }) => match c {
-                ConnectMatch::Any => true,
-                ConnectMatch::Inet(_) => false,
-                ConnectMatch::Unix(p) => p.matches(path, ctx),
-            },
+            (Self::Connect(c), _) => c.matches(s, ctx),
             _ => false,
         }
     }

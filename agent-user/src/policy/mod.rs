@@ -17,7 +17,7 @@ mod set;
 mod yaml;
 
 pub use compile::{
-    CompileError, Compiled, GrantTarget, compile_session, compile_tool, compile_tools,
+    CompileError, Compiled, GrantTarget, Placement, compile_session, compile_tool, compile_tools,
     kernel_tools, placement,
 };
 pub use context::SessionContext;

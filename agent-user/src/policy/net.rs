@@ -52,6 +52,14 @@ fn v6net(net: IpNet) -> Ipv6Net {
     }
 }
 
+/// A network as written: IPv4 ones without their IPv4-mapped prefix.
+pub fn show(net: &Ipv6Net) -> String {
+    match net.network().to_ipv4_mapped() {
+        Some(v4) if net.prefix_len() >= 96 => format!("{v4}/{}", net.prefix_len() - 96),
+        _ => net.to_string(),
+    }
+}
+
 /// `443`, or a range `8000-8100`.
 pub fn parse_ports(text: &str) -> Result<(u16, u16), String> {
     let one = |s: &str| -> Result<u16, String> {

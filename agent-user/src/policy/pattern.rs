@@ -198,10 +198,16 @@ impl PathPattern {
         }
     }
 
+    /// An abstract unix socket name (`@name`), which the kernel does not
+    /// judge.
+    pub fn is_abstract(&self) -> bool {
+        self.text.starts_with('@')
+    }
+
     /// The kernel keys that match exactly what this pattern matches in this
     /// session, or why there are none.
     pub fn kernel_keys(&self, ctx: &SessionContext) -> Result<Vec<KernelPath>, String> {
-        if self.text.starts_with('@') {
+        if self.is_abstract() {
             return Err(format!(
                 "`{}`: abstract socket names are judged in user space",
                 self.text
@@ -259,6 +265,12 @@ impl PathPattern {
     /// A general glob: no kernel shape of its own.
     pub fn is_glob(&self) -> bool {
         matches!(self.body, Body::Glob { .. })
+    }
+
+    /// The pattern's text up to its first wildcard.
+    pub fn literal(&self) -> &[u8] {
+        let t = self.text.as_bytes();
+        &t[..t.iter().position(|c| b"*?[{".contains(c)).unwrap_or(t.len())]
     }
 
     pub fn widened_keys(&self, ctx: &SessionContext) -> Vec<KernelPath> {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{
     context::SessionContext,
     diagnostic::Location,
-    matcher::{AccessMask, Kind, ProcessMatch, TargetMatch},
+    matcher::{AccessMask, ConnectMatch, Declared, Kind, ProcessMatch, Subject, TargetMatch},
 };
 
 /// A rule's id: its 1-based position in load order (file order), which is
@@ -212,6 +212,31 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// Gives every `connect: {undeclared: true}` matcher what each profile
+    /// declares: the connect matchers of its `PROFILE.connect.N` scopes.
+    /// Tool scopes declare nothing (they only narrow the profile's).
+    pub(super) fn resolve_undeclared(&mut self) {
+        let mut declared: Vec<(String, Vec<ConnectMatch>)> = self
+            .profiles
+            .iter()
+            .map(|p| (p.name.clone(), Vec::new()))
+            .collect();
+        for r in &self.rules {
+            if let (Origin::Scope { profile }, TargetMatch::Connect(m)) =
+                (&r.info.origin, &r.target)
+                && let Some((_, list)) = declared.iter_mut().find(|(p, _)| p == profile)
+            {
+                list.push(m.clone());
+            }
+        }
+        let declared = Declared(Arc::new(declared));
+        for r in &mut self.rules {
+            if let TargetMatch::Connect(ConnectMatch::Undeclared(d)) = &mut r.target {
+                *d = declared.clone();
+            }
+        }
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
@@ -232,6 +257,18 @@ impl PolicySet {
 
     pub fn rule_info(&self, id: RuleId) -> Option<&Arc<RuleInfo>> {
         self.table.get((id as usize).checked_sub(1)?)
+    }
+
+    /// The first entry of the `connect:` scope of `ctx`'s profile that
+    /// covers a connect to `s`: `None` is what `connect: {undeclared: true}`
+    /// matches.
+    pub fn declared_by(&self, s: &Subject<'_>, ctx: &SessionContext) -> Option<&Arc<RuleInfo>> {
+        self.rules_of(Kind::Connect)
+            .find(|r| {
+                matches!(&r.info.origin, Origin::Scope { profile } if *profile == ctx.profile)
+                    && r.target.matches(s, ctx)
+            })
+            .map(|r| &r.info)
     }
 
     pub fn rule_by_name(&self, name: &str) -> Option<&Arc<RuleInfo>> {

@@ -138,6 +138,65 @@ fn multi_document_files_and_empty_documents_load() {
     assert!(load(&[repo().join("no/such/dir")]).is_err());
 }
 
+#[test]
+fn undeclared_stands_alone_in_a_rules_match() {
+    let prefix = "  - {name: r, reason: r, match: {connect: ";
+    let rule = |m: &str| {
+        format!(
+            "apiVersion: agentgate.dev/v1\nkind: Policy\nmetadata: {{name: x}}\nrules:\n{prefix}{m}}}, action: deny}}\n"
+        )
+    };
+    for (m, at, msg) in [
+        (
+            "{undeclared: true, addr: 10.0.0.0/8}",
+            "true",
+            "`undeclared` and `addr` together",
+        ),
+        (
+            "{port: 443, undeclared: true}",
+            "true",
+            "`undeclared` and `port` together",
+        ),
+        (
+            "{unix: /run/x.sock, undeclared: true}",
+            "true",
+            "`undeclared` and `unix` together",
+        ),
+        ("{undeclared: false}", "false", "leave `undeclared` out"),
+        (
+            "{undeclared: yes}",
+            "yes",
+            "`undeclared` must be `true`, not a scalar",
+        ),
+        (
+            "{undeclared: [true]}",
+            "[true]",
+            "`undeclared` must be `true`, not a list",
+        ),
+    ] {
+        let d = load_sources(&[("r.yaml", rule(m))]).unwrap_err();
+        assert_eq!(d.len(), 1, "{m}: {d:?}");
+        let col = (prefix.len() + m.find(at).unwrap() + 1) as u32;
+        assert_eq!(d[0].at.pos, Pos { line: 5, col }, "{m}: {}", d[0]);
+        assert!(d[0].message.contains(msg), "{m}: {}", d[0]);
+    }
+    let set = load_sources(&[("r.yaml", rule("{undeclared: true}"))]).unwrap();
+    assert_eq!(set.rules().len(), 1);
+    // Two rules on undeclared connects with the same conditions are one.
+    let line = |name: &str| {
+        format!(
+            "  - {{name: {name}, reason: r, match: {{connect: {{undeclared: true}}}}, action: kill}}\n"
+        )
+    };
+    let two = format!(
+        "apiVersion: agentgate.dev/v1\nkind: Policy\nmetadata: {{name: x}}\nrules:\n{}{}",
+        line("r"),
+        line("s")
+    );
+    let d = load_sources(&[("r.yaml", two)]).unwrap_err();
+    assert!(d[0].message.contains("has the same match as"), "{}", d[0]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
