@@ -155,7 +155,26 @@ def stop_listener(p):
 
 
 # --------------------------------------------------------------------- user
-def create_user():
+def reuse_user(name):
+    """An existing account whose home is emptied and rebuilt for every run:
+    for machines whose /etc cannot take a new user (a VM booted on the host's
+    root, /etc an overlay useradd cannot write to)."""
+    pw = pwd.getpwnam(name)
+    home = pathlib.Path(pw.pw_dir)
+    if home.parent != pathlib.Path("/home"):
+        raise RuntimeError(f"--user {name}: its home {home} is not under /home")
+    kill_user_procs(pw.pw_uid)
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree("/etc/skel", home, symlinks=True)
+    for root, dirs, files in os.walk(home):
+        for n in [root] + [os.path.join(root, x) for x in dirs + files]:
+            os.lchown(n, pw.pw_uid, pw.pw_gid)
+    return pw
+
+
+def create_user(reuse=None):
+    if reuse:
+        return reuse_user(reuse)
     for _ in range(20):
         name = "agrig" + secrets.token_hex(3)
         try:
@@ -378,7 +397,7 @@ def run_once(sess, runtime, binary, a, wrap, label):
     res = {"mode": label, "status": None, "rc": None, "signal": None, "exit": None,
            "secs": None, "effect": None, "effect_rc": None, "steps": len(sess.get("steps") or []),
            "consumed": 0, "tool_results": [], "why": ""}
-    pw = create_user()
+    pw = create_user(a.user)
     res.update(user=pw.pw_name, uid=pw.pw_uid)
     scratch = tempfile.mkdtemp(prefix="agent-rig.", dir="/tmp")
     os.chmod(scratch, 0o700)
@@ -575,6 +594,9 @@ def main():
     ap.add_argument("--no-stage", action="store_true",
                     help="run the agent from the cache instead of staging a real install "
                          "layout in the home (runtime.stage)")
+    ap.add_argument("--user", metavar="NAME",
+                    help="run as this existing account (its home is rebuilt each run) "
+                         "instead of a throwaway user per run")
     ap.add_argument("--mode", choices=["lsm", "fallback"],
                     help="the wrapper's daemon mode, for sessions' `known_gap:`")
     ap.add_argument("-v", "--verbose", action="store_true")

@@ -45,8 +45,20 @@ fn real_agents_work_in_the_shipped_profile_and_their_attacks_fail() {
         "fallback"
     };
     let agents = repo.join("tests/agents");
-    let out = Command::new("python3")
-        .arg(agents.join("run_agents.py"))
+    let mut harness = Command::new("python3");
+    harness.arg(agents.join("run_agents.py"));
+    // The VM's /etc is an overlay useradd cannot write: it reuses an
+    // account made on the host before the boot (xtask vm-test).
+    if let Ok(user) = std::env::var("AGENTGATE_RIG_USER") {
+        harness.args(["--user", &user]);
+    }
+    // Under TCG every agent start is slow: the VM suite runs the sessions
+    // under agentgate only, their plain runs having shown them valid on the
+    // host in the same `cargo xtask test`.
+    if std::env::var("AGENTGATE_AGENT_RUNS").as_deref() != Ok("wrapped") {
+        harness.arg("--compare");
+    }
+    let out = harness
         .arg(agents.join("sessions/claude_code.yaml"))
         .arg(agents.join("sessions/codex.yaml"))
         .args([

@@ -54,8 +54,33 @@ fn test_binary() -> anyhow::Result<PathBuf> {
         .context("cargo did not report the kernel test binary")
 }
 
+/// The account the real-agent sessions run as in the guest (see
+/// tests/host/agents.rs): made here, since the guest cannot add one.
+const RIG_USER: &str = "agentgate-rig";
+
+fn ensure_rig_user() -> anyhow::Result<()> {
+    let known = Command::new("id")
+        .arg(RIG_USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !known {
+        status(Command::new("useradd").args([
+            "-M",
+            "-d",
+            &format!("/home/{RIG_USER}"),
+            "-s",
+            "/bin/bash",
+            "-c",
+            "agentgate agent-rig VM user",
+            RIG_USER,
+        ]))?;
+    }
+    Ok(())
+}
+
 pub fn run() -> anyhow::Result<()> {
     let kernel = debian_kernel()?;
+    ensure_rig_user()?;
     let tests = test_binary()?;
     println!(
         "vm-test: booting {} with lsm=…,bpf (TCG, ~20 s) to run {}",
@@ -68,7 +93,8 @@ pub fn run() -> anyhow::Result<()> {
     let script = format!(
         "set -e; grep -qw bpf /sys/kernel/security/lsm || {{ echo 'vm-test: BPF LSM is not active in the guest'; exit 1; }}; \
          echo \"vm-test: guest $(uname -r), LSMs $(cat /sys/kernel/security/lsm)\"; \
-         cd {root}; AGENTGATE_EXPECT_MODE=lsm {tests} --test-threads=1",
+         cd {root}; AGENTGATE_EXPECT_MODE=lsm AGENTGATE_RIG_USER={RIG_USER} AGENTGATE_AGENT_RUNS=wrapped \
+         {tests} --test-threads=1",
         root = workspace_root().display(),
         tests = tests.display()
     );
