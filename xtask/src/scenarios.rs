@@ -35,7 +35,10 @@ pub fn run() -> anyhow::Result<()> {
             harness.display()
         );
     }
-    crate::cargo(&["build", "-p", "agent-user", "--bin", "agentgate"])?;
+    // The binary `cargo test` builds for the kernel tests: a plain `cargo
+    // build` resolves other dependency features (no dev-dependencies) and
+    // would compile RocksDB a second time.
+    crate::cargo(&["test", "-p", "agent-user", "--test", "host", "--no-run"])?;
     let agentgate = target_dir().join("debug/agentgate");
     let daemon = Daemon::start(&agentgate, &workspace_root().join("policies"), true)?;
     let wrap = format!(
