@@ -594,6 +594,8 @@ def main():
     ap.add_argument("--no-stage", action="store_true",
                     help="run the agent from the cache instead of staging a real install "
                          "layout in the home (runtime.stage)")
+    ap.add_argument("--tag", help="only the sessions with this tag (e.g. lsm: what only "
+                                   "lsm mode can show differently)")
     ap.add_argument("--user", metavar="NAME",
                     help="run as this existing account (its home is rebuilt each run) "
                          "instead of a throwaway user per run")
@@ -644,6 +646,8 @@ def main():
         binary = runtime.install(pathlib.Path(a.cache))
         for s in doc.get("sessions") or []:
             if only and s["id"] not in only:
+                continue
+            if a.tag and a.tag not in (s.get("tags") or []):
                 continue
             kind = s.get("kind", "attack")
             if kind not in ("attack", "benign"):
