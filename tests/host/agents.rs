@@ -65,14 +65,7 @@ fn real_agents_work_in_the_shipped_profile_and_their_attacks_fail() {
     let out = harness
         .arg(agents.join("sessions/claude_code.yaml"))
         .arg(agents.join("sessions/codex.yaml"))
-        .args([
-            "--netns",
-            "--compare",
-            "--model-port",
-            "4000",
-            "--mode",
-            mode,
-        ])
+        .args(["--netns", "--model-port", "4000", "--mode", mode])
         .arg("--json")
         .arg(d.dir.path().join("agents.json"))
         .args(["--wrap", &wrap])

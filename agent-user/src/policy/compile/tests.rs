@@ -286,7 +286,10 @@ rules:
     assert!(!c.exact[Access::Write as usize]);
     let rule = set.rules().iter().find(|r| r.info.name == "stay").unwrap();
     let place = placement(rule, &ctx("g"), Verdict::Refer);
-    assert!(matches!(place, Placement::Partly(ref why) if why.contains("`/proc/self/fd/*`")), "{place:?}");
+    assert!(
+        matches!(place, Placement::Partly(ref why) if why.contains("`/proc/self/fd/*`")),
+        "{place:?}"
+    );
 }
 
 #[test]
