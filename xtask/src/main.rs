@@ -34,7 +34,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit, host kernel (fallback mode), VM kernel.
+    /// Set up, then run every test: unit, host kernel (fallback mode, real agents), VM kernel.
     Test,
     /// Boot a Debian kernel with BPF LSM in qemu and run the kernel tests inside it.
     VmTest,
@@ -72,6 +72,12 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::run()?;
             require_root("the kernel tests load eBPF programs")?;
             cargo(&["test", "--workspace", "--all-targets"])?;
+            // The real-agent rig's scripted model APIs, without an agent.
+            status(
+                Command::new("python3")
+                    .args(["-m", "unittest", "tests/agents/test_model_server.py"])
+                    .current_dir(workspace_root()),
+            )?;
             vm::run()?;
             scenarios::run()
         }
