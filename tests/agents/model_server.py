@@ -25,10 +25,15 @@ Kinds used by the shipped runtimes: "request" (one per model request:
 {"id", "tool", "input"}), "text" (prose the model answered), "tool_result".
 """
 import copy
+import gzip
+import hashlib
 import http.server
 import json
+import os
+import subprocess
 import threading
 import time
+import uuid
 
 DONE = {"text": "done"}
 
@@ -117,6 +122,83 @@ class ScriptedModel:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+
+class ApiHandler(http.server.BaseHTTPRequestHandler):
+    """What every runtime's model API handler shares: JSON in and out, SSE
+    out, and the answer to one conversation kept, so that a retried request
+    gets the same step again without consuming one."""
+    protocol_version = "HTTP/1.1"
+    REQUEST_ID_HEADER = "request-id"
+    _lock = threading.Lock()
+
+    def log_message(self, fmt, *args):
+        if os.environ.get("RIG_DEBUG_HTTP"):
+            super().log_message(fmt, *args)
+
+    def _path(self):
+        return self.path.split("?", 1)[0].rstrip("/")
+
+    def _send_json(self, obj, code=200):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header(self.REQUEST_ID_HEADER, "req_" + uuid.uuid4().hex[:24])
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        enc = (self.headers.get("Content-Encoding") or "").lower()
+        try:
+            if enc == "gzip":
+                raw = gzip.decompress(raw)
+            elif enc == "zstd":
+                raw = _zstd_decompress(raw)
+        except Exception:
+            pass
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            return {}
+
+    def do_HEAD(self):
+        self._send_json({})
+
+    def _start_sse(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.send_header(self.REQUEST_ID_HEADER, "req_" + uuid.uuid4().hex[:24])
+        self.end_headers()
+        self.close_connection = True
+
+    def _sse(self, name, data):
+        self.wfile.write(("event: %s\ndata: %s\n\n" % (name, json.dumps(data))).encode())
+
+    def _answer_once(self, conversation, make):
+        """`make(step)` for the next script step, once per conversation."""
+        key = hashlib.sha256(json.dumps(conversation, sort_keys=True).encode()).hexdigest()
+        cache = getattr(self.server, "answers", None)
+        if cache is None:
+            cache = self.server.answers = {}
+        with self._lock:
+            if key not in cache:
+                cache[key] = make(self.server.model.next_step())
+            return cache[key]
+
+
+def _zstd_decompress(raw):
+    try:
+        import zstandard
+        return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    except ImportError:
+        p = subprocess.run(["zstd", "-dc"], input=raw, stdout=subprocess.PIPE, check=True)
+        return p.stdout
 
 
 def serve(handler_class, model, host="127.0.0.1", port=0):

@@ -60,7 +60,6 @@ import json
 import os
 import pathlib
 import pwd
-import re
 import secrets
 import shlex
 import shutil

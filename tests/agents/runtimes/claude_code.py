@@ -1,14 +1,13 @@
 """Claude Code (the native CLI) driven by a scripted model over the Anthropic
 Messages API (SSE streaming).  See runtimes/__init__.py for the interface."""
-import hashlib
-import http.server
 import json
 import os
 import pathlib
 import shutil
-import subprocess
-import threading
 import uuid
+
+import install as install_  # tests/agents, on the path the harness gives runtimes
+import model_server
 
 NAME = "claude-code"
 PACKAGE = "@anthropic-ai/claude-code"
@@ -19,21 +18,7 @@ SIDE_TEXT = "Scripted session"
 def install(cache_dir):
     """npm install the CLI under CACHE_DIR/claude-code (skipped when the native
     binary is already there); returns the native binary's path."""
-    prefix = pathlib.Path(cache_dir) / "claude-code"
-    binary = prefix / REL_BINARY
-    if binary.is_file() and os.access(binary, os.X_OK):
-        return binary
-    npm = shutil.which("npm")
-    if not npm:
-        raise RuntimeError("claude-code: npm not found (apt-get install npm, or node 20+); "
-                           f"cannot install {PACKAGE}")
-    prefix.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), PACKAGE],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise RuntimeError(f"claude-code: `npm install --prefix {prefix} {PACKAGE}` did not produce "
-                           f"{binary} (rc={p.returncode}):\n{p.stdout[-2000:]}")
-    return binary
+    return install_.npm_install(NAME, pathlib.Path(cache_dir) / "claude-code", PACKAGE, REL_BINARY)
 
 
 def stage(binary, home):
@@ -114,42 +99,14 @@ def _result_text(content):
     return "\n".join(parts)
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(model_server.ApiHandler):
     server_version = "scripted-anthropic/1"
-    _lock = threading.Lock()
-
-    def log_message(self, fmt, *args):
-        if os.environ.get("RIG_DEBUG_HTTP"):
-            super().log_message(fmt, *args)
-
-    # -- plumbing -----------------------------------------------------------
-    def _send_json(self, obj, code=200):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _read_body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        try:
-            return json.loads(raw or b"{}")
-        except ValueError:
-            return {}
-
-    def do_HEAD(self):
-        self._send_json({})
 
     def do_GET(self):
         self._send_json({"ok": True})
 
     def do_POST(self):
-        path = self.path.split("?", 1)[0].rstrip("/")
+        path = self._path()
         req = self._read_body()
         if path.endswith("/messages/count_tokens"):
             n = len(json.dumps(req.get("messages", []))) // 4 + 1
@@ -204,40 +161,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                          "is_error": bool(b.get("is_error"))})
 
     def _answer(self, messages):
-        """The next script step as content blocks.  A request that repeats the
-        same conversation (a retry) gets the same answer again, without
-        consuming a step."""
+        """The next script step as content blocks (a retry: the same again)."""
         model = self.server.model
-        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-        cache = getattr(self.server, "answers", None)
-        if cache is None:
-            cache = self.server.answers = {}
-        with self._lock:
-            if key in cache:
-                return cache[key]
-            step = model.next_step()
+
+        def make(step):
             if "tool" in step:
                 tid = model.new_id("toolu_")
                 model.record("tool_use", {"id": tid, "tool": step["tool"], "input": step["input"]})
-                ans = ([{"type": "tool_use", "id": tid, "name": step["tool"], "input": step["input"]}],
-                       "tool_use")
-            else:
-                model.record("text", {"text": step["text"]})
-                ans = ([{"type": "text", "text": step["text"]}], "end_turn")
-            cache[key] = ans
-            return ans
+                return ([{"type": "tool_use", "id": tid, "name": step["tool"],
+                          "input": step["input"]}], "tool_use")
+            model.record("text", {"text": step["text"]})
+            return [{"type": "text", "text": step["text"]}], "end_turn"
+        return self._answer_once(messages, make)
 
     def _stream(self, req, blocks, stop):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.send_header("request-id", "req_" + uuid.uuid4().hex[:24])
-        self.end_headers()
-        self.close_connection = True
-
-        def ev(name, data):
-            self.wfile.write(("event: %s\ndata: %s\n\n" % (name, json.dumps(data))).encode())
+        self._start_sse()
+        ev = self._sse
 
         ev("message_start", {"type": "message_start", "message": {
             "id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",

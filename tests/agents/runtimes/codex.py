@@ -32,17 +32,15 @@ for it Codex offers the freeform `apply_patch` tool (with an unknown name it
 falls back to generic metadata, warns, and offers no apply_patch tool; an
 `apply_patch <<'EOF'` heredoc through exec_command still works then).
 """
-import hashlib
-import http.server
 import json
 import os
 import pathlib
 import re
-import shutil
-import subprocess
-import threading
 import time
 import uuid
+
+import install as install_  # tests/agents, on the path the harness gives runtimes
+import model_server
 
 NAME = "codex"
 PACKAGE = "@openai/codex"
@@ -60,22 +58,8 @@ def install(cache_dir):
     is already there); returns the native binary's path.  The npm wrapper
     (bin/codex.js) only execve()s this binary with CODEX_MANAGED_BY_NPM=1, so
     the rig runs the binary directly (no node process in the chain)."""
-    prefix = pathlib.Path(cache_dir) / "codex"
-    binary = prefix / REL_BINARY
-    if binary.is_file() and os.access(binary, os.X_OK):
-        return binary
-    npm = shutil.which("npm")
-    if not npm:
-        raise RuntimeError("codex: npm not found (apt-get install npm, or node 20+); "
-                           f"cannot install {PACKAGE}")
-    prefix.mkdir(parents=True, exist_ok=True)
     spec = f"{PACKAGE}@{VERSION}" if VERSION else PACKAGE
-    p = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), spec],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise RuntimeError(f"codex: `npm install --prefix {prefix} {spec}` did not produce "
-                           f"{binary} (rc={p.returncode}):\n{p.stdout[-2000:]}")
-    return binary
+    return install_.npm_install(NAME, pathlib.Path(cache_dir) / "codex", spec, REL_BINARY)
 
 
 def _toml_str(s):
@@ -188,55 +172,19 @@ def _stable(items):
     return out
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(model_server.ApiHandler):
     server_version = "scripted-responses/1"
-    _lock = threading.Lock()
-
-    def log_message(self, fmt, *args):
-        if os.environ.get("RIG_DEBUG_HTTP"):
-            super().log_message(fmt, *args)
-
-    # -- plumbing -----------------------------------------------------------
-    def _send_json(self, obj, code=200):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-request-id", "req_" + uuid.uuid4().hex[:24])
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _read_body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        enc = (self.headers.get("Content-Encoding") or "").lower()
-        try:
-            if enc == "gzip":
-                import gzip
-                raw = gzip.decompress(raw)
-            elif enc == "zstd":
-                raw = _zstd_decompress(raw)
-        except Exception:
-            pass
-        try:
-            return json.loads(raw or b"{}")
-        except ValueError:
-            return {}
-
-    def do_HEAD(self):
-        self._send_json({})
+    REQUEST_ID_HEADER = "x-request-id"
 
     def do_GET(self):
-        path = self.path.split("?", 1)[0].rstrip("/")
+        path = self._path()
         if path.endswith("/models"):
             return self._send_json({"object": "list", "data": [
                 {"id": MODEL, "object": "model", "created": 0, "owned_by": "scripted"}]})
         self._send_json({"ok": True})
 
     def do_POST(self):
-        path = self.path.split("?", 1)[0].rstrip("/")
+        path = self._path()
         req = self._read_body()
         if not path.endswith("/responses"):
             if path.endswith("/compact"):       # remote compaction: keep the history as is
@@ -293,18 +241,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         same conversation (a retry) gets the same answer again, without
         consuming a step."""
         model = self.server.model
-        key = hashlib.sha256(json.dumps(_stable(items), sort_keys=True).encode()).hexdigest()
-        cache = getattr(self.server, "answers", None)
-        if cache is None:
-            cache = self.server.answers = {}
         kinds = {}
         for t in req.get("tools") or []:
             if isinstance(t, dict) and t.get("name"):
                 kinds[t["name"]] = t.get("type")
-        with self._lock:
-            if key in cache:
-                return cache[key]
-            step = model.next_step()
+
+        def make(step):
             if "tool" in step:
                 cid = model.new_id("call_")
                 name, inp = step["tool"], step["input"]
@@ -323,24 +265,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 ans = [{"type": "message", "role": "assistant", "id": "msg_" + uuid.uuid4().hex[:24],
                         "status": "completed",
                         "content": [{"type": "output_text", "text": step["text"], "annotations": []}]}]
-            cache[key] = ans
             return ans
+        return self._answer_once(_stable(items), make)
 
     def _stream(self, req, out):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.send_header("x-request-id", "req_" + uuid.uuid4().hex[:24])
-        self.end_headers()
-        self.close_connection = True
+        self._start_sse()
         rid = "resp_" + uuid.uuid4().hex[:24]
         seq = [0]
 
         def ev(name, data):
             data = dict(data, type=name, sequence_number=seq[0])
             seq[0] += 1
-            self.wfile.write(("event: %s\ndata: %s\n\n" % (name, json.dumps(data))).encode())
+            self._sse(name, data)
 
         resp = {"id": rid, "object": "response", "created_at": int(time.time()),
                 "status": "in_progress", "model": req.get("model") or MODEL, "output": []}
@@ -385,12 +321,3 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "output_tokens": 10, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": 110})})
         self.wfile.flush()
-
-
-def _zstd_decompress(raw):
-    try:
-        import zstandard
-        return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-    except ImportError:
-        p = subprocess.run(["zstd", "-dc"], input=raw, stdout=subprocess.PIPE, check=True)
-        return p.stdout
