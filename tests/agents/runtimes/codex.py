@@ -297,24 +297,20 @@ class Handler(model_server.ApiHandler):
                                                  "content_index": 0, "text": text})
                 ev("response.content_part.done", {"output_index": i, "item_id": item["id"],
                                                   "content_index": 0, "part": dict(part, text=text)})
-            elif t == "function_call":
+            elif t in ("function_call", "custom_tool_call"):
+                # The call's text streams as deltas: a function's JSON
+                # arguments, a custom (freeform) tool's input.
+                field, events = {
+                    "function_call": ("arguments", "response.function_call_arguments"),
+                    "custom_tool_call": ("input", "response.custom_tool_call_input"),
+                }[t]
                 ev("response.output_item.added", {"output_index": i,
-                                                  "item": dict(item, status="in_progress", arguments="")})
-                a = item["arguments"]
+                                                  "item": dict(item, status="in_progress", **{field: ""})})
+                a = item[field]
                 for k in range(0, len(a), 200):
-                    ev("response.function_call_arguments.delta", {"output_index": i, "item_id": item["id"],
-                                                                  "delta": a[k:k + 200]})
-                ev("response.function_call_arguments.done", {"output_index": i, "item_id": item["id"],
-                                                             "arguments": a})
-            elif t == "custom_tool_call":
-                ev("response.output_item.added", {"output_index": i,
-                                                  "item": dict(item, status="in_progress", input="")})
-                a = item["input"]
-                for k in range(0, len(a), 200):
-                    ev("response.custom_tool_call_input.delta", {"output_index": i, "item_id": item["id"],
-                                                                 "delta": a[k:k + 200]})
-                ev("response.custom_tool_call_input.done", {"output_index": i, "item_id": item["id"],
-                                                            "input": a})
+                    ev(events + ".delta", {"output_index": i, "item_id": item["id"],
+                                           "delta": a[k:k + 200]})
+                ev(events + ".done", {"output_index": i, "item_id": item["id"], field: a})
             ev("response.output_item.done", {"output_index": i, "item": item})
         ev("response.completed", {"response": dict(resp, status="completed", output=out, usage={
             "input_tokens": 100, "input_tokens_details": {"cached_tokens": 0},
