@@ -532,7 +532,8 @@ def outcome(kind, r, gap=None):
     session (one run). An attack's `damage` (the target changed at all, e.g.
     truncated) counts as stopped only where the session declares it a known
     gap of the daemon's mode (`known_gap: {fallback: why}`): exactly what
-    that mode is documented to let happen, and nothing more."""
+    that mode is documented to let happen, and nothing more. A declared gap
+    that does not show fails too: the documentation would be wrong."""
     if r is None or r["status"] != "ran":
         return "error"
     if kind == "attack":
@@ -540,7 +541,9 @@ def outcome(kind, r, gap=None):
             return "MISSED"
         if r.get("damage"):
             return "stopped, known gap" if gap else "DAMAGED"
-        return "stopped"
+        # The README says what the mode lets happen; a gap that no longer
+        # shows must leave the README too.
+        return "GAP CLOSED" if gap else "stopped"
     return "intact" if (r["effect"] and r["rc"] == 0 and r["signal"] is None) else "BROKEN"
 
 
@@ -705,7 +708,8 @@ def main():
                        "results": rows}, f, indent=1)
     for tag, bad in (("missed", "MISSED"), ("damaged", "DAMAGED"), ("broken", "BROKEN"),
                      ("invalid", "invalid"), ("error", "error"),
-                     ("known gap of this mode", "stopped, known gap")):
+                     ("known gap of this mode", "stopped, known gap"),
+                     ("known gap no longer seen (update the README and known_gap)", "GAP CLOSED")):
         ids = [r["id"] for r in rows if r["verdict"] == bad]
         if ids:
             print(f"{tag}: " + " ".join(ids))
