@@ -17,6 +17,7 @@ pub mod events;
 pub mod journal;
 pub mod judge;
 pub mod loader;
+pub mod mount;
 pub mod observer;
 pub mod output;
 pub mod pins;

@@ -18,7 +18,7 @@ use aya::{
 use thiserror::Error;
 
 use crate::{
-    btf,
+    btf, mount,
     pins::{self, Generation, PinError},
 };
 
@@ -144,19 +144,10 @@ pub fn tracepoint_has_field(group: &str, event: &str, field: &'static str) -> bo
 /// Mounts tracefs unless it is there: the probe and the loader read
 /// tracepoint formats from it.
 pub fn ensure_tracefs() -> Result<(), LoadError> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
-    }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", TRACEFS])
-        .status()
-        .map_err(LoadError::Tracefs)?;
-    if !status.success() || !Path::new(TRACEFS).join("events").is_dir() {
-        return Err(LoadError::Tracefs(std::io::Error::other(format!(
-            "mount exited with {status}"
-        ))));
-    }
-    Ok(())
+    mount::ensure("tracefs", TRACEFS, || {
+        Path::new(TRACEFS).join("events").is_dir()
+    })
+    .map_err(LoadError::Tracefs)
 }
 
 /// Offset of `field` in the record of tracepoint `group/event`, from tracefs.

@@ -54,16 +54,9 @@ fn is_bpffs(path: &Path) -> bool {
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there, and creates
 /// `dir` (which must be on bpffs).
 pub fn ensure_dir(dir: &Path) -> Result<(), PinError> {
-    if dir.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", BPFFS])
-            .status()
+    if dir.starts_with(BPFFS) {
+        crate::mount::ensure("bpf", BPFFS, || is_bpffs(Path::new(BPFFS)))
             .map_err(PinError::Mount)?;
-        if !status.success() || !is_bpffs(Path::new(BPFFS)) {
-            return Err(PinError::Mount(std::io::Error::other(format!(
-                "mount exited with {status}"
-            ))));
-        }
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
     if !is_bpffs(dir) {

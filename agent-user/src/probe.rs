@@ -17,7 +17,7 @@ use aya::{
     sys::{SyscallError, is_program_supported},
 };
 
-use crate::loader;
+use crate::{loader, mount};
 
 /// The probe's own object: one `lsm/file_open` program and a hit counter.
 static LSM_PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTGATE_LSM_PROBE_OBJ"));
@@ -68,11 +68,9 @@ pub struct Probe {
 pub fn probe() -> Probe {
     // The list and the lockdown level are only shown, never decided on,
     // but a reason that says "LSMs: " with nothing after misleads.
-    if !std::path::Path::new(LSM_LIST).exists() {
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "securityfs", "securityfs", SECURITYFS])
-            .status();
-    }
+    let _ = mount::ensure("securityfs", SECURITYFS, || {
+        std::path::Path::new(LSM_LIST).exists()
+    });
     let lsm_list = fs::read_to_string(LSM_LIST)
         .unwrap_or_default()
         .trim()
