@@ -124,6 +124,33 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+def content_text(content):
+    """A tool result's content as text, in either API's vocabulary: a string,
+    a list of content blocks (`text`, Responses' `input_text`/`output_text`,
+    images), or an item {content: ...}."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        if "content" in content:
+            return content_text(content["content"])
+        return json.dumps(content)
+    parts = []
+    for b in content:
+        if isinstance(b, dict):
+            t = b.get("type")
+            if t in ("text", "input_text", "output_text"):
+                parts.append(b.get("text", ""))
+            elif t in ("image", "input_image"):
+                parts.append("[image]")
+            else:
+                parts.append(json.dumps(b))
+        else:
+            parts.append(str(b))
+    return "\n".join(parts)
+
+
 class ApiHandler(http.server.BaseHTTPRequestHandler):
     """What every runtime's model API handler shares: JSON in and out, SSE
     out, and the answer to one conversation kept, so that a retried request

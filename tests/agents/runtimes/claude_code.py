@@ -79,26 +79,6 @@ def command(binary, prompt, workspace, home, base_url):
 
 
 # ---------------------------------------------------------------- model API
-def _result_text(content):
-    """Flatten a tool_result's content (a string or a list of blocks) to text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for b in content:
-        if isinstance(b, dict):
-            if b.get("type") == "text":
-                parts.append(b.get("text", ""))
-            elif b.get("type") == "image":
-                parts.append("[image]")
-            else:
-                parts.append(json.dumps(b))
-        else:
-            parts.append(str(b))
-    return "\n".join(parts)
-
-
 class Handler(model_server.ApiHandler):
     server_version = "scripted-anthropic/1"
 
@@ -157,7 +137,7 @@ class Handler(model_server.ApiHandler):
                 if tid in seen:
                     continue
                 seen.add(tid)
-            model.record("tool_result", {"tool_use_id": tid, "text": _result_text(b.get("content")),
+            model.record("tool_result", {"tool_use_id": tid, "text": model_server.content_text(b.get("content")),
                                          "is_error": bool(b.get("is_error"))})
 
     def _answer(self, messages):

@@ -119,30 +119,7 @@ def command(binary, prompt, workspace, home, base_url):
 
 
 # ---------------------------------------------------------------- model API
-def _output_text(out):
-    """Flatten a *_call_output item's `output` (a string, a list of content
-    items, or {content: ...}) to text."""
-    if out is None:
-        return ""
-    if isinstance(out, str):
-        return out
-    if isinstance(out, dict):
-        if "content" in out:
-            return _output_text(out["content"])
-        return json.dumps(out)
-    parts = []
-    for b in out:
-        if isinstance(b, dict):
-            t = b.get("type")
-            if t in ("input_text", "output_text", "text"):
-                parts.append(b.get("text", ""))
-            elif t in ("input_image", "image"):
-                parts.append("[image]")
-            else:
-                parts.append(json.dumps(b))
-        else:
-            parts.append(str(b))
-    return "\n".join(parts)
+
 
 
 _EXIT_RE = re.compile(r"^(?:Process exited with code|Exit code:) (-?\d+)\s*$", re.M)
@@ -232,7 +209,7 @@ class Handler(model_server.ApiHandler):
                     continue
                 seen.add(cid)
             out = it.get("output")
-            text = _output_text(out)
+            text = model_server.content_text(out)
             is_error = _is_error(out, text)
             model.record("tool_result", {"tool_use_id": cid, "text": text, "is_error": is_error})
 
