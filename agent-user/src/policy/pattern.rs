@@ -270,10 +270,7 @@ impl PathPattern {
     /// The pattern's text up to its first wildcard.
     pub fn literal(&self) -> &[u8] {
         let t = self.text.as_bytes();
-        &t[..t
-            .iter()
-            .position(|c| b"*?[{".contains(c))
-            .unwrap_or(t.len())]
+        &t[..t.iter().position(|c| has_meta(&[*c])).unwrap_or(t.len())]
     }
 
     pub fn widened_keys(&self, ctx: &SessionContext) -> Vec<KernelPath> {
