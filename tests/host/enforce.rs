@@ -343,6 +343,42 @@ fn evasions_by_path_tricks() {
     }
 }
 
+/// A write *through* a directory descriptor (`/proc/self/fd/N/x`, how Claude
+/// Code writes beside a file) is in no shipped write scope, though reopening
+/// a descriptor (`/proc/self/fd/N`) is. LSM mode judges the file it names
+/// and refuses; fallback mode's kernel lets the path through and the daemon
+/// kills the writer right after the open.
+#[test]
+fn a_write_through_a_directory_descriptor_is_refused() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let w = World::with_policy(&repo.join("policies"));
+    let outside = PathBuf::from(format!("/home/agentgate-test-dirfd-{}", std::process::id()));
+    fs::create_dir_all(&outside).unwrap();
+    let script = format!(
+        "{} -c 'import os, sys, time\nd = os.open(\"{}\", os.O_PATH)\n\
+         try:\n  os.close(os.open(\"/proc/self/fd/%d/x\" % d, os.O_WRONLY | os.O_CREAT))\n\
+         except PermissionError: sys.exit(13)\ntime.sleep(5)'; echo through=$?",
+        python(),
+        outside.display()
+    );
+    let out = w.tagged_with(&["--profile", "coding-agent"], &script);
+    let status = status_of(&out, "through");
+    fs::remove_dir_all(&outside).unwrap();
+    assert_eq!(status, w.refused(13), "{out:?}");
+    // Refused for where it writes, not for anything else on the way.
+    let is = |e: &serde_json::Value| s(e, "kind") == "open" && s(e, "target").ends_with("/x");
+    let events =
+        w.d.wait_for(Duration::from_secs(10), |ev| ev.iter().any(is));
+    let open = events
+        .iter()
+        .find(|e| is(e))
+        .expect("the daemon saw the open");
+    assert_eq!(
+        open["decision"]["rule"], "writes-stay-in-workspace",
+        "{open}"
+    );
+}
+
 /// A SIGKILL sent at syscall entry does not undo the syscall: in fallback
 /// mode `open(O_TRUNC)` of a protected file truncates it before the process
 /// dies. LSM mode refuses the open before it happens.
