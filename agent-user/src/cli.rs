@@ -296,6 +296,7 @@ fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
         "events read: {} (malformed: {})",
         s.events_read, s.events_malformed
     );
+    println!("processes cached: {}", s.cached_processes);
     println!(
         "{:<10} {:>12} {:>12} {:>12} {:>12}",
         "hook", "seen", "emitted", "dropped", "blocked"

@@ -293,6 +293,9 @@ pub struct Status {
     /// What the kernel probe found, one line per program type.
     #[prost(string, repeated, tag = "8")]
     pub probe: Vec<String>,
+    /// Processes the daemon's process cache holds.
+    #[prost(uint64, tag = "9")]
+    pub cached_processes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -368,11 +371,31 @@ pub enum ClientError {
     Closed,
     #[error("the daemon refused: {0}")]
     Refused(String),
+    #[error(
+        "the agentgate daemon at {0} does not answer (stopped or hung?): no reply in {REPLY_TIMEOUT:?}; `agentgate status` from a root shell, or restart it"
+    )]
+    NoAnswer(String),
 }
 
-/// One request, one response.
+/// How long a client waits for the daemon's reply. Every request is
+/// answered in milliseconds; a daemon that takes longer is stopped
+/// (`kill -STOP`) or hung, and a launcher must not hang with it.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One request, one response, within [`REPLY_TIMEOUT`].
 pub async fn call(socket: &Path, body: request::Body) -> Result<response::Body, ClientError> {
     let path = socket.display().to_string();
+    tokio::time::timeout(REPLY_TIMEOUT, exchange(socket, &path, body))
+        .await
+        .map_err(|_| ClientError::NoAnswer(path.clone()))?
+}
+
+async fn exchange(
+    socket: &Path,
+    path: &str,
+    body: request::Body,
+) -> Result<response::Body, ClientError> {
+    let path = path.to_owned();
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| match source.kind() {

@@ -19,6 +19,8 @@ pub struct ReaderStats {
     /// Records that failed to decode: a version skew between the daemon and
     /// pinned programs, never expected. Counted and logged, not fatal.
     pub malformed: AtomicU64,
+    /// Processes in the process cache.
+    pub cached_processes: AtomicU64,
 }
 
 /// Registers a map or logger fd with tokio for read readiness.
@@ -60,6 +62,10 @@ pub async fn run(
             }
         }
         sink.drained();
+        cache.sweep();
+        stats
+            .cached_processes
+            .store(cache.len() as u64, Ordering::Relaxed);
         guard.clear_ready();
     }
 }

@@ -4,8 +4,11 @@
 use std::{
     collections::HashMap,
     ffi::OsStr,
-    fs,
-    os::unix::ffi::OsStrExt,
+    fs, io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Component, Path, PathBuf},
 };
 
@@ -27,7 +30,12 @@ struct Known {
 #[derive(Debug, Default)]
 pub struct ProcessCache {
     procs: HashMap<u32, Known>,
+    /// Size after the last sweep.
+    swept_at: usize,
 }
+
+/// Below twice this many entries the cache is never swept.
+const SWEEP_FLOOR: usize = 512;
 
 impl ProcessCache {
     /// Turns a kernel record into an event: resolves relative paths, adds exe,
@@ -91,14 +99,23 @@ impl ProcessCache {
             },
             EventKind::Fork => {
                 let child = h.arg0 as u32;
-                let inherited = self.procs.get(&pid).cloned().unwrap_or_default();
-                self.procs.insert(
-                    child,
-                    Known {
-                        ppid: pid,
-                        ..inherited
-                    },
-                );
+                // Only a live new process gets an entry. A new thread is
+                // part of this process (threads send no exit record: an
+                // entry each would grow the cache with every thread pool);
+                // a child already gone needs none (its records still
+                // queued start from its parent's entry all the same).
+                let thread = Path::new(&format!("/proc/{pid}/task/{child}")).exists();
+                let alive = Path::new(&format!("/proc/{child}")).exists();
+                if alive && !thread {
+                    let inherited = self.procs.get(&pid).cloned().unwrap_or_default();
+                    self.procs.insert(
+                        child,
+                        Known {
+                            ppid: pid,
+                            ..inherited
+                        },
+                    );
+                }
                 Target::Fork { child }
             }
             EventKind::Exit => Target::Exit,
@@ -130,6 +147,25 @@ impl ProcessCache {
             target,
             kernel: events::KernelVerdict::of(h),
         }
+    }
+
+    /// Processes known.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Forgets processes that are gone. Their exit records normally do
+    /// that; this catches the ones whose exit was never seen (a full ring
+    /// buffer, a process tagged from outside). Called between batches, so
+    /// that no record still waiting names a forgotten process. Sweeps only
+    /// when the cache has doubled since the last sweep: amortised O(1).
+    pub fn sweep(&mut self) {
+        if self.procs.len() < self.swept_at.max(SWEEP_FLOOR) * 2 {
+            return;
+        }
+        self.procs
+            .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        self.swept_at = self.procs.len();
     }
 
     fn ancestors(&self, pid: u32) -> Vec<PathBuf> {
@@ -199,6 +235,101 @@ pub fn absolute(path: &Path, base: Option<&Path>) -> PathBuf {
     out
 }
 
+/// Start time (boot-clock ns, at clock-tick resolution) and ppid of a live
+/// process, from /proc.
+pub fn start_and_ppid(pid: u32) -> io::Result<(u64, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("unreadable /proc/{pid}/stat"));
+    // Fields after the last ')' (comm may contain spaces and parentheses).
+    let (_, rest) = stat.rsplit_once(')').ok_or_else(bad)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid: u32 = fields.get(1).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    let ticks: u64 = fields.get(19).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    Ok((ticks * tick_ns(), ppid))
+}
+
+fn tick_ns() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    1_000_000_000 / hz
+}
+
+/// Sends `signal` to `pid` only if it is still the process the kernel
+/// tagged at `tagged_ns` (boot clock): one that started later reused the
+/// pid and is a stranger. Tags are taken at fork, at session open, or when
+/// a process is first seen in a session's cgroup — never before the
+/// process started — so "started no later than its tag" tells them apart.
+/// The pidfd keeps the identity fixed between the check and the signal.
+/// `Ok(false)`: gone, or a stranger.
+pub fn signal_if_same(pid: u32, tagged_ns: u64, signal: i32) -> io::Result<bool> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(e) };
+    }
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let started_ns = match start_and_ppid(pid) {
+        Ok((ns, _)) => ns,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // /proc counts in clock ticks: compare at that resolution.
+    if started_ns / tick_ns() > tagged_ns / tick_ns() {
+        return Ok(false);
+    }
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(e) }
+}
+
+/// Agent images larger than this are not hashed (no coding agent is near
+/// it; reading more would let one session keep the daemon busy).
+pub const MAX_HASHED: u64 = 1 << 30;
+
+/// SHA-256 of the image process `pid` runs, read through `/proc/PID/exe`
+/// (the file the kernel mapped, whatever its path now names) in bounded
+/// chunks. Refused unless the image is still the one exec'd at `expected`.
+pub fn exe_sha256(pid: u32, expected: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let link = format!("/proc/{pid}/exe");
+    if fs::read_link(&link)? != expected {
+        return Err(io::Error::other(format!("pid {pid} runs another image by now")));
+    }
+    let file = fs::File::open(&link)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_HASHED {
+        return Err(io::Error::other(format!(
+            "not a regular file of at most {MAX_HASHED} bytes ({} bytes)",
+            meta.len()
+        )));
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut reader = file.take(MAX_HASHED);
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&chunk[..n]);
+    }
+    Ok(ctx.finish().as_ref().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +355,27 @@ mod tests {
         );
         // Without a base a relative path stays relative: nothing is invented.
         assert_eq!(absolute(Path::new("x/y"), None), Path::new("x/y"));
+    }
+
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep").arg("30").spawn().unwrap()
+    }
+
+    #[test]
+    fn a_process_that_started_after_its_tag_is_a_stranger() {
+        let mut child = sleeper();
+        let (started, _) = start_and_ppid(child.id()).unwrap();
+        // Tagged a second before it started: the pid's owner then was
+        // another process, this one reused the pid.
+        let before = started - 1_000_000_000;
+        assert!(!signal_if_same(child.id(), before, libc::SIGKILL).unwrap());
+        assert!(child.try_wait().unwrap().is_none(), "the stranger was killed");
+        assert!(signal_if_same(child.id(), started, libc::SIGKILL).unwrap());
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: gone.
+        assert!(!signal_if_same(child.id(), started, libc::SIGKILL).unwrap());
     }
 
     #[test]

@@ -165,8 +165,9 @@ pub struct NewSession {
     pub workspace: String,
     pub command: Vec<String>,
     pub ttl: Option<Duration>,
-    /// The agent: the program the session was opened to run, and the
-    /// SHA-256 of its file at that moment (empty when unreadable).
+    /// The agent: what the session's first process runs as the kernel
+    /// reports its exec (until then, what the launcher said it would run),
+    /// and the SHA-256 of that file (empty until hashed, or unreadable).
     pub agent_exe: String,
     pub agent_sha256: Vec<u8>,
     /// The session this one was opened from (delegation; 0: none). Every

@@ -9,3 +9,4 @@ mod guard;
 mod pipeline;
 mod probe;
 mod restart;
+mod trust;

@@ -117,12 +117,26 @@ pub fn load_sources<N: AsRef<str>, B: AsRef<[u8]>>(
         }
         diags.extend(dec.diags);
     }
-    let set = assemble(docs, &mut diags);
+    let mut set = assemble(docs, &mut diags);
+    set.digest = digest(sources);
     if diags.is_empty() {
         Ok(set)
     } else {
         Err(diags)
     }
+}
+
+/// SHA-256 over the sources' names and bytes, in load order: the receipts
+/// name the bytes the set was built from, not what the files hold later.
+fn digest<N: AsRef<str>, B: AsRef<[u8]>>(sources: &[(N, B)]) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, bytes) in sources {
+        for part in [name.as_ref().as_bytes(), bytes.as_ref()] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part);
+        }
+    }
+    ctx.finish().as_ref().to_vec()
 }
 
 /// A rule of the set before ids are given: a written rule or scope, or a
@@ -438,6 +452,7 @@ fn assemble(docs: Vec<Loaded>, diags: &mut Vec<Diagnostic>) -> PolicySet {
         by_kind,
         profiles,
         labels,
+        digest: Vec::new(),
     };
     set.resolve_undeclared();
     set

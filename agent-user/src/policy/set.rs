@@ -209,9 +209,16 @@ pub struct PolicySet {
     pub(super) by_kind: [Vec<usize>; 3],
     pub(super) profiles: Vec<Profile>,
     pub(super) labels: LabelMap,
+    /// SHA-256 of the sources it was loaded from (see `load_sources`).
+    pub(super) digest: Vec<u8>,
 }
 
 impl PolicySet {
+    /// SHA-256 of the policy sources this set was built from.
+    pub fn digest(&self) -> &[u8] {
+        &self.digest
+    }
+
     /// Gives every `connect: {undeclared: true}` matcher what each profile
     /// declares: the connect matchers of its `PROFILE.connect.N` scopes.
     /// Tool scopes declare nothing (they only narrow the profile's).

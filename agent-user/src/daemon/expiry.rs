@@ -1,0 +1,47 @@
+//! Time runs out: grants lapse, sessions pass their TTL.
+use std::{sync::Arc, time::Duration};
+
+use super::shared::Shared;
+use crate::sessions::Ended;
+
+/// Past its TTL a session may do nothing more: the kernel refuses every
+/// call of its processes from then on (and the daemon refuses what only it
+/// judges). The session stays listed, marked expired, until it is ended.
+pub async fn run(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now();
+        let mut guard = shared.lock();
+        let st = &mut *guard;
+        for g in st.referrals.expire(now) {
+            for s in st.registry.chain(g.session) {
+                st.enforcer.revoke(s, g.id);
+            }
+            log::info!(
+                "grant {} of session {} expired: referral {} is refused again",
+                g.id,
+                g.session,
+                g.referral
+            );
+        }
+        let mut changed = false;
+        for s in st.registry.iter_mut() {
+            if s.ended.is_some() || s.expires.is_none_or(|e| e > now) {
+                continue;
+            }
+            s.ended = Some(Ended::Expired);
+            changed = true;
+            match st.enforcer.expire(s.id, false) {
+                Ok(()) => log::warn!(
+                    "session {} expired (TTL): every further call of its processes is refused",
+                    s.id
+                ),
+                Err(e) => log::error!("session {}: marking it expired: {e}", s.id),
+            }
+        }
+        if changed {
+            st.persist(&shared.facts);
+        }
+    }
+}
