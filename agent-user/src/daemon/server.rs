@@ -104,6 +104,9 @@ impl Drop for Slot {
 
 async fn refuse_busy(stream: UnixStream) {
     let mut framed = Framed::new(stream, control::codec());
+    // Read the request first: a reply the caller has not asked for yet
+    // would meet a closed socket when it sends.
+    let _ = tokio::time::timeout(IDLE_TIMEOUT, framed.next()).await;
     let body = response::Body::Error(format!(
         "busy: your user holds {MAX_CONNECTIONS_PER_USER} connections to agentgate already; \
          close some and try again"
