@@ -6,6 +6,8 @@
 //! `engine` judges an [`event::Event`] in its session's context against the
 //! loaded policy set. The daemon (agent-user) decodes kernel records into
 //! events, installs rulesets in the maps and acts on the engine's decisions.
+// Here, not in [workspace.lints]: agent-user has many types without Debug.
+#![warn(missing_debug_implementations)]
 pub mod engine;
 pub mod event;
 pub mod policy;

@@ -226,6 +226,7 @@ pub fn with_subject<R>(
     }
 }
 
+#[derive(Debug)]
 pub struct Engine {
     set: Arc<PolicySet>,
 }
