@@ -42,7 +42,7 @@ pub enum Command {
         command: Option<SessionsCommand>,
     },
     /// Check, explain and compile policies.
-    Policy(crate::policy::cli::PolicyArgs),
+    Policy(crate::policy_cli::PolicyArgs),
     /// Referrals: calls refused until a human decides.
     Referrals,
     /// Grant a referral just in time; the grant expires by itself.
@@ -142,7 +142,7 @@ pub fn main() -> ExitCode {
         Command::Sessions { command } => {
             sessions(&cli.socket, command.unwrap_or(SessionsCommand::List))
         }
-        Command::Policy(args) => crate::policy::cli::run(args),
+        Command::Policy(args) => crate::policy_cli::run(args),
         Command::Referrals => list_referrals(&cli.socket),
         Command::Approve {
             id,

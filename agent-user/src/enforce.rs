@@ -7,6 +7,7 @@ use agent_common::{
     EnforceConfig, Layer, NetRuleKey, PathRuleKey, RuleEntry, SESSION_EXPIRED,
     SESSION_EXPIRED_KILL, SessionId, SessionPolicy,
 };
+pub use agentgate_policy::KernelRuleset;
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie},
@@ -27,21 +28,6 @@ pub enum EnforceError {
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EnforceError {
     move |source| EnforceError::Map { map, source }
-}
-
-/// One session's compiled policy as kernel map contents (what
-/// `policy::compile` produces). Keys carry ruleset 0: the enforcer assigns
-/// the real id when it installs them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KernelRuleset {
-    /// `PATH_RULES`: (LPM prefix bits, key, entry).
-    pub path: Vec<(u32, PathRuleKey, RuleEntry)>,
-    /// `PATH_SUFFIX_RULES`: keys hold the path reversed.
-    pub suffix: Vec<(u32, PathRuleKey, RuleEntry)>,
-    /// `NET_RULES`.
-    pub net: Vec<(u32, NetRuleKey, RuleEntry)>,
-    /// Defaults per access (its `ruleset` is the enforcer's).
-    pub layer: Layer,
 }
 
 /// Keys of one installed ruleset, to take it out again.

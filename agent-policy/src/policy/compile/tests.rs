@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     engine::{Engine, SessionHistory},
-    events::Process,
+    event::Process,
     policy::{load, load_sources, mapped, normalize},
 };
 

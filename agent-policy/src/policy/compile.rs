@@ -27,7 +27,7 @@ use super::{
     pattern::KernelPath,
     set::{PolicySet, Profile, Rule, RuleId},
 };
-use crate::{enforce::KernelRuleset, engine::stronger};
+use crate::{KernelRuleset, engine::stronger};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {

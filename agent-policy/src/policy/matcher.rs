@@ -9,7 +9,7 @@ use super::{
     net::InetMatch,
     pattern::{PathPattern, normalize},
 };
-use crate::events::Process;
+use crate::event::Process;
 
 /// A set of [`Access`] kinds, one bit each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

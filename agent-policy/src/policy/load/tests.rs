@@ -235,3 +235,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_digest_names_the_bytes_that_were_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources = Vec::new();
+    for name in ["coding-agent.yaml", "default.yaml", "ops-agent.yaml"] {
+        let bytes = std::fs::read(repo().join("policies").join(name)).unwrap();
+        let file = dir.path().join(name);
+        std::fs::write(&file, &bytes).unwrap();
+        sources.push((file.display().to_string(), bytes));
+    }
+    let set = load(&[dir.path().to_owned()]).unwrap();
+    let same = load_sources(&sources).unwrap();
+    assert_eq!(set.digest(), same.digest());
+    assert_eq!(set.digest().len(), 32);
+    // A file changes after loading: the set still names what it was built
+    // from (a receipt must not name bytes that were never loaded).
+    std::fs::write(dir.path().join("ops-agent.yaml"), b"# edited\n").unwrap();
+    assert_eq!(set.digest(), same.digest());
+    sources[2].1.extend_from_slice(b"\n# edited\n");
+    assert_ne!(load_sources(&sources).unwrap().digest(), set.digest());
+}

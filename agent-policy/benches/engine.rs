@@ -1,9 +1,9 @@
 //! `Engine::decide` with the shipped policies on a mix of events.
 use std::{hint::black_box, net::SocketAddr, path::Path, sync::Arc};
 
-use agentgate::{
+use agentgate_policy::{
     engine::{Engine, SessionHistory},
-    events::{ConnectAddr, Event, KernelVerdict, Process, Target},
+    event::{ConnectAddr, Event, KernelVerdict, Process, Target},
     policy::{SessionContext, load},
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -9,12 +9,13 @@ use anyhow::{Context, bail};
 
 use agent_common::Verdict;
 
-use super::{
-    Diagnostic, Placement, PolicySet, SessionContext, Subject, action_name, compile_session,
-    explain::{event_path, parse_event},
-    placement,
+use crate::{
+    engine::{Engine, SessionHistory, with_subject},
+    policy::{
+        self, Diagnostic, Placement, PolicySet, SessionContext, Subject, action_name,
+        compile_session, event_path, parse_event, placement,
+    },
 };
-use crate::engine::{Engine, SessionHistory, with_subject};
 
 #[derive(clap::Args, Debug)]
 pub struct PolicyArgs {
@@ -85,7 +86,7 @@ fn report(diags: &[Diagnostic]) -> ExitCode {
 }
 
 fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let set = match super::load(paths) {
+    let set = match policy::load(paths) {
         Ok(s) => s,
         Err(diags) => return Ok(report(&diags)),
     };
@@ -190,7 +191,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     } else {
         a.policy.clone()
     };
-    let set = match super::load(&paths) {
+    let set = match policy::load(&paths) {
         Ok(s) => Arc::new(s),
         Err(diags) => return Ok(report(&diags)),
     };
@@ -293,7 +294,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     println!("rules that took part ({}):", d.matched.len());
     for m in &d.matched {
         if let Some(r) = set.rule_info(m.rule) {
-            let acc: Vec<&str> = m.access.iter().map(super::access_name).collect();
+            let acc: Vec<&str> = m.access.iter().map(policy::access_name).collect();
             println!(
                 "  {:<6} {} [{}] at {}: {}",
                 action_name(m.verdict),
@@ -322,7 +323,7 @@ mod tests {
     use crate::policy::mapped;
 
     fn shipped() -> PolicySet {
-        super::super::load(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")]).unwrap()
+        policy::load(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")]).unwrap()
     }
 
     #[test]

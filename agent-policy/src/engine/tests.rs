@@ -8,7 +8,7 @@ use std::{
 
 use super::*;
 use crate::{
-    events::KernelVerdict,
+    event::KernelVerdict,
     policy::{load, load_sources},
 };
 

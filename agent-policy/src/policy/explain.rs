@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::events::{ConnectAddr, Event, KernelVerdict, Process, Target};
+use crate::event::{ConnectAddr, Event, KernelVerdict, Process, Target};
 
 use super::context::SessionContext;
 

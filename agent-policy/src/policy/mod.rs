@@ -3,7 +3,6 @@
 //!
 //! The daemon calls [`load`] at start and on reload, [`compile_session`]
 //! for each new session, and hands events to [`crate::engine::Engine`].
-pub mod cli;
 mod compile;
 mod context;
 mod diagnostic;
@@ -23,6 +22,7 @@ pub use compile::{
 pub use context::SessionContext;
 pub use diagnostic::{Diagnostic, Location, Pos};
 pub use document::{API_VERSION, action_name, valid_name};
+pub use explain::{event_path, parse_event};
 pub use load::{load, load_sources};
 pub use matcher::{AccessMask, Kind, Subject, access_name};
 pub use net::mapped;

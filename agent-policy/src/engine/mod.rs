@@ -11,7 +11,7 @@ use serde::Serialize;
 pub use history::SessionHistory;
 
 use crate::{
-    events::{ConnectAddr, Event, Process, Target},
+    event::{ConnectAddr, Event, Process, Target},
     policy::{
         AccessMask, Origin, PolicySet, RuleId, RuleInfo, SessionContext, Subject, mapped, normalize,
     },
@@ -226,6 +226,7 @@ pub fn with_subject<R>(
     }
 }
 
+#[derive(Debug)]
 pub struct Engine {
     set: Arc<PolicySet>,
 }
