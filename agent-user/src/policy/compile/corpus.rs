@@ -164,24 +164,27 @@ pub const PARTS: &[&str] = &[
     "tool",
 ];
 
+/// Directories the test policies name, and neighbours.
+pub const DIRS: &[&str] = &[
+    "/",
+    "/home/u/",
+    "/work/ws/",
+    "/etc/a/",
+    "/etc/",
+    "/tmp/",
+    "/usr/bin/",
+    "/root/",
+    "/srv/s/public/",
+    "/home/u/.ssh/",
+    "/run/",
+    "/run/agentgate/",
+    "/opt/",
+];
+
 /// Normalised absolute paths under the directories the test policies name;
 /// some end in a raw byte, some run past `RULE_PATH_LEN`.
 pub fn path_strategy() -> impl Strategy<Value = Vec<u8>> {
-    let prefixes = prop::sample::select(vec![
-        "/",
-        "/home/u/",
-        "/work/ws/",
-        "/etc/a/",
-        "/etc/",
-        "/tmp/",
-        "/usr/bin/",
-        "/root/",
-        "/srv/s/public/",
-        "/home/u/.ssh/",
-        "/run/",
-        "/run/agentgate/",
-        "/opt/",
-    ]);
+    let prefixes = prop::sample::select(DIRS.to_vec());
     (
         prefixes,
         prop::collection::vec(prop::sample::select(PARTS.to_vec()), 0..5),
@@ -251,7 +254,8 @@ pub fn ip_strategy() -> impl Strategy<Value = std::net::Ipv6Addr> {
 }
 
 /// A call to judge: a path with its kind (0 exec, 1 unix connect, else an
-/// open with access mask `k & 7`, read when empty), or an inet connect.
+/// open with access mask `k & 7`, read alone when that is empty: 8), or an
+/// inet connect.
 #[derive(Debug, Clone)]
 pub enum Probe {
     Path(u8, Vec<u8>),
@@ -260,7 +264,7 @@ pub enum Probe {
 
 pub fn probe_strategy() -> impl Strategy<Value = Probe> {
     prop_oneof![
-        (0u8..8, path_strategy()).prop_map(|(k, p)| Probe::Path(k, p)),
+        (0u8..9, path_strategy()).prop_map(|(k, p)| Probe::Path(k, p)),
         (ip_strategy(), prop::sample::select(PORTS.to_vec()))
             .prop_map(|(ip, port)| Probe::Inet(ip, port)),
     ]
