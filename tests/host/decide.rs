@@ -78,16 +78,33 @@ enum Call {
     Unix(Vec<u8>, usize),
 }
 
+/// A path for a message: escaped, runs of one byte shortened (`z{×300}`).
+fn show(p: &[u8]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < p.len() {
+        let run = p[i..].iter().take_while(|b| **b == p[i]).count();
+        out.push_str(&[p[i]].escape_ascii().to_string());
+        if run >= 8 {
+            out.push_str(&format!("{{×{run}}}"));
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 impl std::fmt::Debug for Call {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Call::Path(a, p) => write!(f, "{a:?} \"{}\"", p.escape_ascii()),
-            Call::Open(flags, p) => write!(f, "open({:#o}) \"{}\"", flags, p.escape_ascii()),
+            Call::Path(a, p) => write!(f, "{a:?} \"{}\"", show(p)),
+            Call::Open(flags, p) => write!(f, "open({flags:#o}) \"{}\"", show(p)),
             Call::Inet4(a, port) => {
                 write!(f, "connect AF_INET {}:{port}", std::net::Ipv4Addr::from(*a))
             }
             Call::Inet6(a, port) => write!(f, "connect AF_INET6 [{a}]:{port}"),
-            Call::Unix(p, n) => write!(f, "connect AF_UNIX \"{}\" ({n} bytes)", p.escape_ascii()),
+            Call::Unix(p, n) => write!(f, "connect AF_UNIX \"{}\" ({n} bytes)", show(p)),
         }
     }
 }
@@ -383,6 +400,23 @@ impl Harness {
             .collect();
         let set = self.nodes[node].set;
         let labels_mask = (1u64 << self.sets[set].labels().len()) - 1;
+        let states: Vec<State> = states
+            .into_iter()
+            .map(|s| State {
+                labels: s.labels & labels_mask,
+                ..s
+            })
+            .collect();
+        // Innermost first: profile, labels, tool call.
+        let sessions: Vec<String> = chain
+            .iter()
+            .zip(&states)
+            .map(|(&n, s)| {
+                let n = &self.nodes[n];
+                let tool = tool_of(n, s).map_or(String::new(), |(t, _)| format!(", tool {t}"));
+                format!("{} (labels {:#x}{tool})", n.ctx.profile, s.labels)
+            })
+            .collect();
         for (&n, s) in chain.iter().zip(&states) {
             let n = &self.nodes[n];
             let tool = tool_of(n, s).map(|(name, _)| name.as_str());
@@ -400,7 +434,7 @@ impl Harness {
         let mut exact = true;
         for (i, (&n, s)) in chain.iter().zip(&states).enumerate().take(MAX_CHAIN) {
             let n = &self.nodes[n];
-            let labels = s.labels & labels_mask;
+            let labels = s.labels;
             let layers = std::iter::once(&n.rules).chain(tool_of(n, s).map(|(_, c)| c));
             for c in layers {
                 let (v, r, set) = c.decide(&subject, access, labels);
@@ -424,7 +458,7 @@ impl Harness {
                 .map(|(&n, s)| {
                     let n = &self.nodes[n];
                     let mut hist = SessionHistory::new();
-                    hist.add_labels(s.labels & labels_mask);
+                    hist.add_labels(s.labels);
                     let mut d =
                         engine.judge(&subject, access, &Process::default(), 1, &n.ctx, &hist);
                     if let Some((tool, _)) = tool_of(n, s)
@@ -450,7 +484,7 @@ impl Harness {
                 .rule_info(id)
                 .map_or("none".to_owned(), |r| r.name.clone())
         };
-        let before: Vec<u64> = states.iter().map(|s| s.labels & labels_mask).collect();
+        let before: Vec<u64> = states.iter().map(|s| s.labels).collect();
         let with =
             |sets: &[u64]| -> Vec<u64> { before.iter().zip(sets).map(|(b, s)| b | s).collect() };
         for call in calls(probe, access) {
@@ -470,12 +504,8 @@ impl Harness {
                 .collect();
             let what = |other: &str| {
                 format!(
-                    "{call:?} in chain {:?} of set {set}, states {states:?}: kernel {:?} by {} \
+                    "{call:?} by sessions {sessions:?} of set {set}: kernel {:?} by {} \
                      (labels {after:x?}), {other}",
-                    chain
-                        .iter()
-                        .map(|&n| self.nodes[n].ctx.profile.as_str())
-                        .collect::<Vec<_>>(),
                     j.verdict,
                     name(j.rule),
                 )
@@ -533,7 +563,9 @@ fn masks(set: &PolicySet) -> Vec<u64> {
 
 /// Every profile of every test set, with every label mask, on every
 /// listed address and port (both families for IPv4) and every listed
-/// socket (with each address length, and abstract names).
+/// socket (with each address length, and abstract names); and with no
+/// label and all of them, a read, a write and an exec of every listed name
+/// in every listed directory.
 #[test]
 fn kernel_decisions_agree_on_every_listed_target() {
     let mut h = Harness::new(corpus::SETS.clone());
@@ -552,9 +584,24 @@ fn kernel_decisions_agree_on_every_listed_target() {
             .iter()
             .map(|s| corpus::Probe::Path(1, s.as_bytes().to_vec())),
     );
+    let files: Vec<corpus::Probe> = corpus::DIRS
+        .iter()
+        .flat_map(|d| corpus::PARTS.iter().map(move |p| format!("{d}{p}")))
+        .map(|p| agentgate::policy::normalize(p.as_bytes()).into_owned())
+        .flat_map(|p| [8, 2, 0].map(|k| corpus::Probe::Path(k, p.clone())))
+        .collect();
     let mut wrong = Vec::new();
     let mut total = 0;
     for &node in &roots {
+        let all = masks(&h.sets[h.nodes[node].set])[1];
+        for labels in [0, all] {
+            for probe in &files {
+                total += 1;
+                if let Err(e) = h.check(node, &[State { labels, tool: None }], probe) {
+                    wrong.push(e);
+                }
+            }
+        }
         for labels in masks(&h.sets[h.nodes[node].set]) {
             let state = [State { labels, tool: None }];
             for probe in &probes {
@@ -625,7 +672,7 @@ fn kernel_decisions_agree_on_generated_calls() {
         MAX_CHAIN + 1,
     );
     let mut runner = TestRunner::new(Config {
-        cases: 300,
+        cases: 2000,
         rng_seed: RngSeed::Fixed(0x5eed_dec1de),
         failure_persistence: None,
         ..Config::default()
@@ -783,7 +830,7 @@ fn kernel_keys_at_the_length_limits() {
     let mut total = 0;
     for node in [fits, over] {
         for p in &paths {
-            for k in [0, 2, 3, 4, 7] {
+            for k in [0, 8, 2, 3, 4, 7] {
                 for labels in 0..4 {
                     total += 1;
                     let probe = corpus::Probe::Path(k, p.clone());
