@@ -563,8 +563,8 @@ fn masks(set: &PolicySet) -> Vec<u64> {
 
 /// Every profile of every test set, with every label mask, on every
 /// listed address and port (both families for IPv4) and every listed
-/// socket (with each address length, and abstract names); and with no
-/// label and all of them, a read, a write and an exec of every listed name
+/// socket (with each address length, and abstract names); and a read
+/// (with no label and with all), a write and an exec of every listed name
 /// in every listed directory.
 #[test]
 fn kernel_decisions_agree_on_every_listed_target() {
@@ -594,10 +594,12 @@ fn kernel_decisions_agree_on_every_listed_target() {
     let mut total = 0;
     for &node in &roots {
         let all = masks(&h.sets[h.nodes[node].set])[1];
-        for labels in [0, all] {
-            for probe in &files {
+        for probe in &files {
+            let read = matches!(probe, corpus::Probe::Path(8, _));
+            for labels in [0, all].into_iter().take(if read { 2 } else { 1 }) {
                 total += 1;
-                if let Err(e) = h.check(node, &[State { labels, tool: None }], probe) {
+                let state = [State { labels, tool: None }];
+                if let Err(e) = h.check(node, &state, probe) {
                     wrong.push(e);
                 }
             }
