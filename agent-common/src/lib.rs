@@ -549,6 +549,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<RuleSlot>(), 32);
         assert_eq!(core::mem::size_of::<Layer>(), 36);
         assert_eq!(core::mem::size_of::<SessionPolicy>(), 88);
+        assert_eq!(
+            core::mem::size_of::<DecideInput>(),
+            3 * 8 + DECIDE_SOCKADDR_LEN + PATH_MAX
+        );
+        assert_eq!(core::mem::size_of::<DecideOutput>(), 8);
     }
 
     #[test]
