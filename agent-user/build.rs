@@ -1,6 +1,8 @@
 //! Builds the kernel programs (`agent-ebpf`) for `bpfel-unknown-none` and
 //! hands the objects to the daemon through `AGENTGATE_EBPF_OBJ` (the
-//! programs) and `AGENTGATE_LSM_PROBE_OBJ` (the mode probe's LSM program).
+//! programs), `AGENTGATE_LSM_PROBE_OBJ` (the mode probe's LSM program) and
+//! `AGENTGATE_DECIDE_TEST_OBJ` (the decision code under BPF_PROG_TEST_RUN,
+//! for the kernel tests).
 //!
 //! Two toolchains can do it (../shared/TOOLCHAIN.md §1): Debian's rustc-web
 //! with its precompiled `core` for the BPF target, or rustup nightly with
@@ -137,5 +139,9 @@ fn main() {
     println!(
         "cargo:rustc-env=AGENTGATE_LSM_PROBE_OBJ={}",
         bins.join("lsm-probe").display()
+    );
+    println!(
+        "cargo:rustc-env=AGENTGATE_DECIDE_TEST_OBJ={}",
+        bins.join("decide-test").display()
     );
 }

@@ -456,6 +456,64 @@ pub struct KernelLayout {
     pub sb_s_magic: u32,
 }
 
+// ---- the decision test harness (agent-ebpf's `decide-test` object) -----
+//
+// One raw tracepoint program, run by BPF_PROG_TEST_RUN and never attached:
+// it reads a call from `DECIDE_INPUT[0]`, judges it with the real hooks'
+// decision code against the maps the enforcer filled, commits the labels
+// and leaves the judgement in `DECIDE_OUTPUT[0]` (tests/host/decide.rs).
+
+/// Judge `path` for one [`Access`] (`access`), as the exec hooks do.
+pub const DECIDE_PATH: u8 = 1;
+/// Judge an open of `path` with the open flags in `arg`.
+pub const DECIDE_OPEN: u8 = 2;
+/// Judge a connect to the `struct sockaddr` in `sockaddr`, `arg` bytes
+/// long.
+pub const DECIDE_CONNECT: u8 = 3;
+
+/// Room for a `struct sockaddr_un` (110 bytes) and more.
+pub const DECIDE_SOCKADDR_LEN: usize = 128;
+
+/// Value of `DECIDE_INPUT`: one call of a process in `session`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DecideInput {
+    pub session: SessionId,
+    /// `DECIDE_OPEN`: the open flags; `DECIDE_CONNECT`: the address length.
+    pub arg: i64,
+    /// One of `DECIDE_*`.
+    pub kind: u8,
+    /// `DECIDE_PATH`: the [`Access`].
+    pub access: u8,
+    /// Bytes of `path` before its NUL; what follows the NUL is left as the
+    /// test put it (a record's stale bytes).
+    pub path_len: u16,
+    pub _pad: u32,
+    pub sockaddr: [u8; DECIDE_SOCKADDR_LEN],
+    pub path: [u8; PATH_MAX],
+}
+
+/// Value of `DECIDE_OUTPUT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecideOutput {
+    pub rule: u32,
+    /// A [`Verdict`].
+    pub verdict: u8,
+    /// `DECIDE_JUDGED`, `DECIDE_NO_SESSION` or `DECIDE_BAD_INPUT`; the
+    /// test zeroes it before each run, so that a run that did not get to
+    /// the end shows.
+    pub status: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The call was judged.
+pub const DECIDE_JUDGED: u8 = 1;
+/// The session has no policy in the maps: not judged (`decide::session`).
+pub const DECIDE_NO_SESSION: u8 = 2;
+/// The input was unreadable or of an unknown kind.
+pub const DECIDE_BAD_INPUT: u8 = 3;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), built only of integers and byte
@@ -468,6 +526,8 @@ mod pod {
     unsafe impl aya::Pod for super::RuleEntry {}
     unsafe impl aya::Pod for super::SessionPolicy {}
     unsafe impl aya::Pod for super::EnforceConfig {}
+    unsafe impl aya::Pod for super::DecideInput {}
+    unsafe impl aya::Pod for super::DecideOutput {}
 }
 
 #[cfg(test)]
@@ -489,6 +549,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<RuleSlot>(), 32);
         assert_eq!(core::mem::size_of::<Layer>(), 36);
         assert_eq!(core::mem::size_of::<SessionPolicy>(), 88);
+        assert_eq!(
+            core::mem::size_of::<DecideInput>(),
+            3 * 8 + DECIDE_SOCKADDR_LEN + PATH_MAX
+        );
+        assert_eq!(core::mem::size_of::<DecideOutput>(), 8);
     }
 
     #[test]

@@ -154,6 +154,9 @@ impl Record {
     /// `sa` is a pointer the probe-read helpers fault safely on.
     // Inlined: as a BPF subprogram its void return leaves a stack pointer
     // in r0, which the verifier refuses ("cannot return stack pointer").
+    // The generic probe-read helpers, deprecated in aya-ebpf, since the
+    // address is in user memory or in kernel memory, by hook.
+    #[allow(deprecated)]
     #[inline(always)]
     pub unsafe fn read_sockaddr(&mut self, sa: *const u8) {
         let Ok(family) = (unsafe { bpf_probe_read(sa as *const u16) }) else {
@@ -183,9 +186,25 @@ impl Record {
                 let Some(dest) = self.data().get_mut(..n) else {
                     return;
                 };
-                if unsafe { bpf_probe_read_buf(sa.add(2), dest) }.is_ok() {
-                    self.header().path_len = n as u16;
+                if unsafe { bpf_probe_read_buf(sa.add(2), dest) }.is_err() {
+                    return;
                 }
+                let mut len = n;
+                if dest.first().is_some_and(|b| *b != 0) {
+                    // A path ends at its first NUL, as the kernel reads it,
+                    // whether the length passed counts the NUL (Go), leaves
+                    // it out (SUN_LEN) or covers all of sun_path: read it
+                    // again as a string, which also ends it with the NUL an
+                    // exact rule's key needs (tests/host/decide.rs).
+                    if let Some(dest) = self.data().get_mut(..n + 1)
+                        // SAFETY: as above, at most n bytes of it.
+                        && let Ok(k) =
+                            unsafe { aya_ebpf::helpers::bpf_probe_read_str(sa.add(2), dest) }
+                    {
+                        len = k.saturating_sub(1);
+                    }
+                }
+                self.header().path_len = len as u16;
             }
             _ => {}
         }

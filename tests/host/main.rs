@@ -4,6 +4,7 @@ mod support;
 
 mod agents;
 mod bad_input;
+mod decide;
 mod enforce;
 mod guard;
 mod pipeline;

@@ -872,5 +872,7 @@ fn lpm_net(
         .map(|(_, _, e)| e)
 }
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod corpus;
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,8 @@ mod pattern;
 mod set;
 mod yaml;
 
+#[cfg(any(test, feature = "test-support"))]
+pub use compile::corpus;
 pub use compile::{
     CompileError, Compiled, GrantTarget, Placement, compile_session, compile_tool, compile_tools,
     kernel_tools, placement,
