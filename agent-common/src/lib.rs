@@ -223,6 +223,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// `self` from `rule` wins over `other` from `other_rule`: the stronger
+    /// verdict, and between equals the rule written first (lower id). The
+    /// kernel's look-ups, the compiler and the engine all decide by this.
+    pub const fn wins(self, rule: u32, other: Self, other_rule: u32) -> bool {
+        self as u8 > other as u8 || (self as u8 == other as u8 && rule < other_rule)
+    }
+
     pub const fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::Allow,
@@ -516,18 +523,27 @@ pub const DECIDE_BAD_INPUT: u8 = 3;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are repr(C), built only of integers and byte
-    // arrays, with explicit padding fields: every bit pattern is valid.
-    unsafe impl aya::Pod for super::ProcTag {}
-    unsafe impl aya::Pod for super::EventHeader {}
-    unsafe impl aya::Pod for super::KernelLayout {}
-    unsafe impl aya::Pod for super::PathRuleKey {}
-    unsafe impl aya::Pod for super::NetRuleKey {}
-    unsafe impl aya::Pod for super::RuleEntry {}
-    unsafe impl aya::Pod for super::SessionPolicy {}
-    unsafe impl aya::Pod for super::EnforceConfig {}
-    unsafe impl aya::Pod for super::DecideInput {}
-    unsafe impl aya::Pod for super::DecideOutput {}
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: every one of these is repr(C), built only of integers
+            // and byte arrays, with explicit padding fields: every bit
+            // pattern is valid.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        super::ProcTag,
+        super::EventHeader,
+        super::KernelLayout,
+        super::PathRuleKey,
+        super::NetRuleKey,
+        super::RuleEntry,
+        super::SessionPolicy,
+        super::EnforceConfig,
+        super::DecideInput,
+        super::DecideOutput,
+    );
 }
 
 #[cfg(test)]

@@ -37,10 +37,8 @@ impl Judgement {
         self.prefer(other.verdict, other.rule);
     }
 
-    /// The stronger verdict wins; between equals, the rule written first
-    /// (lower id), as the engine reports it.
     fn prefer(&mut self, v: Verdict, rule: u32) {
-        if v > self.verdict || (v == self.verdict && rule < self.rule) {
+        if v.wins(rule, self.verdict, self.rule) {
             self.verdict = v;
             self.rule = rule;
         }
@@ -66,7 +64,7 @@ impl Found {
         for slot in &entry.slots {
             if slot.applies(labels) {
                 let v = Verdict::from_u8(slot.verdict);
-                if v > self.verdict || (v == self.verdict && slot.rule < self.rule) {
+                if v.wins(slot.rule, self.verdict, self.rule) {
                     self.verdict = v;
                     self.rule = slot.rule;
                 }

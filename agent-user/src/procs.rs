@@ -239,12 +239,20 @@ pub fn absolute(path: &Path, base: Option<&Path>) -> PathBuf {
 /// process, from /proc.
 pub fn start_and_ppid(pid: u32) -> io::Result<(u64, u32)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("unreadable /proc/{pid}/stat"));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unreadable /proc/{pid}/stat"),
+        )
+    };
     // Fields after the last ')' (comm may contain spaces and parentheses).
     let (_, rest) = stat.rsplit_once(')').ok_or_else(bad)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ppid: u32 = fields.get(1).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-    let ticks: u64 = fields.get(19).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    let ticks: u64 = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(bad)?;
     Ok((ticks * tick_ns(), ppid))
 }
 
@@ -266,7 +274,11 @@ pub fn signal_if_same(pid: u32, tagged_ns: u64, signal: i32) -> io::Result<bool>
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(e)
+        };
     }
     // SAFETY: the fd was just returned to us and is owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
@@ -293,7 +305,11 @@ pub fn signal_if_same(pid: u32, tagged_ns: u64, signal: i32) -> io::Result<bool>
         return Ok(true);
     }
     let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(e) }
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 /// Agent images larger than this are not hashed (no coding agent is near
@@ -307,7 +323,9 @@ pub fn exe_sha256(pid: u32, expected: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let link = format!("/proc/{pid}/exe");
     if fs::read_link(&link)? != expected {
-        return Err(io::Error::other(format!("pid {pid} runs another image by now")));
+        return Err(io::Error::other(format!(
+            "pid {pid} runs another image by now"
+        )));
     }
     let file = fs::File::open(&link)?;
     let meta = file.metadata()?;
@@ -358,7 +376,10 @@ mod tests {
     }
 
     fn sleeper() -> std::process::Child {
-        std::process::Command::new("sleep").arg("30").spawn().unwrap()
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap()
     }
 
     #[test]
@@ -369,7 +390,10 @@ mod tests {
         // another process, this one reused the pid.
         let before = started - 1_000_000_000;
         assert!(!signal_if_same(child.id(), before, libc::SIGKILL).unwrap());
-        assert!(child.try_wait().unwrap().is_none(), "the stranger was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the stranger was killed"
+        );
         assert!(signal_if_same(child.id(), started, libc::SIGKILL).unwrap());
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;

@@ -118,8 +118,15 @@ fn only_root_may_name_another_principal_and_users_come_from_nss() {
         .find(|l| l.contains("claims-alice"))
         .unwrap_or_else(|| panic!("no session in:\n{list}\n{}", d.log()));
     assert!(line.contains(NssUser::NAME), "{line}");
-    assert!(!line.contains("alice "), "a user named another principal: {line}");
-    assert!(d.log().contains("only root may name another user"), "{}", d.log());
+    assert!(
+        !line.contains("alice "),
+        "a user named another principal: {line}"
+    );
+    assert!(
+        d.log().contains("only root may name another user"),
+        "{}",
+        d.log()
+    );
     // Root (sudo agentgate exec) may: SUDO_USER names the human.
     let mut cmd = Command::new(AGENTGATE);
     cmd.arg("--socket")
@@ -175,7 +182,12 @@ fn the_daemon_never_reads_the_program_a_caller_names() {
         .arg(&fifo)
         .output()
         .unwrap();
-    assert_ne!(out.status.code(), Some(124), "the daemon did not answer: {}", d.log());
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "the daemon did not answer: {}",
+        d.log()
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -267,7 +279,15 @@ if alive:
         let mut session = Command::new(AGENTGATE)
             .arg("--socket")
             .arg(&d.socket)
-            .args(["exec", "--intent", "pid-reuse", "--", &python(), "-c", script])
+            .args([
+                "exec",
+                "--intent",
+                "pid-reuse",
+                "--",
+                &python(),
+                "-c",
+                script,
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -301,8 +321,11 @@ if alive:
         }
         // The daemon judges A's exec: refused, and A is gone.
         let events = d.wait_for(Duration::from_secs(20), |ev| {
-            ev.iter()
-                .any(|e| s(e, "kind") == "exec" && u(e, "pid") == u64::from(a) && e["decision"]["rule"] == "no-forbidden-arg")
+            ev.iter().any(|e| {
+                s(e, "kind") == "exec"
+                    && u(e, "pid") == u64::from(a)
+                    && e["decision"]["rule"] == "no-forbidden-arg"
+            })
         });
         let decision = events
             .iter()
@@ -317,7 +340,12 @@ if alive:
         writeln!(stdin).unwrap();
         let alive = next("ALIVE");
         let _ = session.wait();
-        assert_eq!(alive, "True", "B, a stranger with A's pid, was killed: {decision}\n{}", d.log());
+        assert_eq!(
+            alive,
+            "True",
+            "B, a stranger with A's pid, was killed: {decision}\n{}",
+            d.log()
+        );
         assert_eq!(decision["reaction"], "gone", "{decision}");
         return;
     }
@@ -340,7 +368,10 @@ fn thread_pools_do_not_grow_the_process_cache() {
         .find_map(|l| l.strip_prefix("processes cached: "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no process cache size in:\n{status}"));
-    assert!(cached < 100, "{cached} processes cached after 400 threads:\n{status}");
+    assert!(
+        cached < 100,
+        "{cached} processes cached after 400 threads:\n{status}"
+    );
 }
 
 #[test]
@@ -357,7 +388,11 @@ fn a_client_of_a_stopped_daemon_says_so_instead_of_hanging() {
         .unwrap();
     // SAFETY: as above.
     unsafe { libc::kill(d.pid() as i32, libc::SIGCONT) };
-    assert_ne!(out.status.code(), Some(124), "agentgate exec hung on a stopped daemon");
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "agentgate exec hung on a stopped daemon"
+    );
     assert!(!out.status.success());
     assert!(started.elapsed() < Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -389,7 +424,10 @@ fn one_user_cannot_hold_every_connection() {
     // One more from that user is told to retry...
     let out = user.agentgate(&d).arg("status").output().unwrap();
     assert!(!out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("busy"),
+        "{out:?}"
+    );
     // ...while root is served.
     d.status();
     let _ = UnixStream::connect(&d.socket).unwrap();
@@ -398,4 +436,3 @@ fn one_user_cannot_hold_every_connection() {
         let _ = c.wait();
     }
 }
-

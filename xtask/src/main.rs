@@ -71,6 +71,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Test => {
             setup::run()?;
             require_root("the kernel tests load eBPF programs")?;
+            lint()?;
             cargo(&["test", "--workspace", "--all-targets"])?;
             // The real-agent rig's scripted model APIs, without an agent.
             status(
@@ -96,6 +97,27 @@ fn run(task: Task) -> anyhow::Result<()> {
             scenarios::run()
         }
     }
+}
+
+/// Formatting and clippy, warnings as errors, on every crate (the kernel
+/// crate has its own workspace and toolchain: formatting only).
+fn lint() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "fmt",
+        "--manifest-path",
+        "agent-ebpf/Cargo.toml",
+        "--all",
+        "--check",
+    ])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
 }
 
 fn build() -> anyhow::Result<()> {

@@ -44,6 +44,10 @@ const APT: &[(&str, &str)] = &[
         "iproute2",
         "the scenario harness's private network namespace",
     ),
+    (
+        "libnss-systemd",
+        "the trust tests' user that only the user database knows",
+    ),
 ];
 
 fn installed(pkg: &str) -> bool {
@@ -84,6 +88,20 @@ pub fn run() -> anyhow::Result<()> {
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&missing),
         )?;
+    }
+
+    // `cargo xtask test` checks formatting and clippy first.
+    for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        let present = Command::new("cargo")
+            .args([probe, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if present {
+            println!("setup: {component} present");
+        } else {
+            println!("setup: adding the {component} component");
+            status(Command::new("rustup").args(["component", "add", component]))?;
+        }
     }
 
     let home_linker = std::env::var("HOME").map(|h| Path::new(&h).join(".cargo/bin/bpf-linker"));

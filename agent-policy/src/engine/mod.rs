@@ -3,7 +3,7 @@
 //! on everything they cover.
 mod history;
 
-use std::{cmp::Reverse, os::unix::ffi::OsStrExt, sync::Arc};
+use std::{os::unix::ffi::OsStrExt, sync::Arc};
 
 use agent_common::{Access, Verdict};
 use serde::Serialize;
@@ -152,9 +152,9 @@ pub fn open_access(flags: i32) -> AccessMask {
     m
 }
 
-/// `a` wins over `b`: the stronger verdict, or on a tie the earlier rule.
+/// `a` wins over `b` (see [`Verdict::wins`]).
 pub fn stronger(a: (Verdict, RuleId), b: (Verdict, RuleId)) -> bool {
-    (a.0, Reverse(a.1)) > (b.0, Reverse(b.1))
+    a.0.wins(a.1, b.0, b.1)
 }
 
 /// The strongest verdict over `accesses`: per access, the strongest rule

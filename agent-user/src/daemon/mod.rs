@@ -271,7 +271,6 @@ async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) 
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::{os::unix::process::ExitStatusExt, process::Command, time::Duration};

@@ -8,10 +8,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::{
-    handlers::install_grant,
-    shared::Shared,
-};
+use super::{handlers::install_grant, shared::Shared};
 use crate::{
     engine::Engine,
     policy::{self, PolicySet},

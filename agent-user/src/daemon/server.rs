@@ -48,7 +48,11 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>, socket: Socket) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    socket: Socket,
+) -> anyhow::Result<()> {
     let open = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
     loop {
         let (stream, _) = listener.accept().await?;
@@ -115,7 +119,9 @@ async fn refuse_busy(stream: UnixStream) {
 }
 
 fn encode(body: response::Body) -> bytes::Bytes {
-    bytes::Bytes::from(prost::Message::encode_to_vec(&Response { body: Some(body) }))
+    bytes::Bytes::from(prost::Message::encode_to_vec(&Response {
+        body: Some(body),
+    }))
 }
 
 /// The peer as the kernel reports it (SO_PEERCRED), never as it claims.

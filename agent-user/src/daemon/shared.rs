@@ -93,9 +93,9 @@ impl Shared {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|_| unreachable!("a panic ends the daemon before a lock is seen poisoned"))
+        self.state.lock().unwrap_or_else(|_| {
+            unreachable!("a panic ends the daemon before a lock is seen poisoned")
+        })
     }
 
     /// A kernel counter summed over CPUs.

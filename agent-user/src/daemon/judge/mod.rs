@@ -87,9 +87,7 @@ impl<W: std::io::Write> EventSink for Judge<W> {
             react::note_agent(&self.shared, &mut st, &event);
             let judged = decide::decide(&mut st, &event)
                 .map(|d| react::react(&self.shared.facts, &mut st, &event, d));
-            let record = judged
-                .as_ref()
-                .map(|j| receipt::record(&st, &event, j));
+            let record = judged.as_ref().map(|j| receipt::record(&st, &event, j));
             (judged, record)
         };
         let receipt = record.map(|r| {

@@ -232,7 +232,10 @@ pub(super) fn note_agent(shared: &std::sync::Arc<Shared>, st: &mut State, ev: &E
         let hash = match procs::exe_sha256(pid, &exe) {
             Ok(h) => h,
             Err(e) => {
-                log::warn!("session {session}: hashing its agent {}: {e}", exe.display());
+                log::warn!(
+                    "session {session}: hashing its agent {}: {e}",
+                    exe.display()
+                );
                 return;
             }
         };
