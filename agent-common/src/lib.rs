@@ -521,6 +521,48 @@ pub const DECIDE_NO_SESSION: u8 = 2;
 /// The input was unreadable or of an unknown kind.
 pub const DECIDE_BAD_INPUT: u8 = 3;
 
+/// The kernel object's maps, by the names user space takes them by: the
+/// statics of agent-ebpf/src/maps.rs (a map's name is its static's). The
+/// loader pins every one of [`map::PINNED`], so an object that lacks one
+/// does not load.
+pub mod map {
+    pub const TAGS: &str = "TAGS";
+    pub const CGROUP_SESSIONS: &str = "CGROUP_SESSIONS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const PATH_RULES: &str = "PATH_RULES";
+    pub const PATH_SUFFIX_RULES: &str = "PATH_SUFFIX_RULES";
+    pub const NET_RULES: &str = "NET_RULES";
+    pub const SESSION_POLICY: &str = "SESSION_POLICY";
+    pub const SESSION_LABELS: &str = "SESSION_LABELS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
+    pub const EXEC_VERDICTS: &str = "EXEC_VERDICTS";
+    /// aya-log's ring buffer.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+
+    /// Every map that holds state: pinned, so a restarted daemon (and the
+    /// programs while none runs) keep them. The globals' maps (`.rodata`)
+    /// are not: a program keeps the one it was loaded with.
+    pub const PINNED: &[&str] = &[
+        TAGS,
+        CGROUP_SESSIONS,
+        EVENTS,
+        COUNTERS,
+        SCRATCH,
+        PATH_RULES,
+        PATH_SUFFIX_RULES,
+        NET_RULES,
+        SESSION_POLICY,
+        SESSION_LABELS,
+        CONFIG,
+        KEY_SCRATCH,
+        EXEC_VERDICTS,
+        AYA_LOGS,
+    ];
+}
+
 #[cfg(feature = "user")]
 mod pod {
     macro_rules! pod {

@@ -48,25 +48,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
 ];
 
-/// Every map of the object that holds state: pinned, so a restarted daemon
-/// (and the programs while none runs) keep them. The globals' maps
-/// (`.rodata`) are not: a program keeps the one it was loaded with.
-pub const PINNED_MAPS: &[&str] = &[
-    "TAGS",
-    "CGROUP_SESSIONS",
-    "EVENTS",
-    "COUNTERS",
-    "SCRATCH",
-    "PATH_RULES",
-    "PATH_SUFFIX_RULES",
-    "NET_RULES",
-    "SESSION_POLICY",
-    "SESSION_LABELS",
-    "CONFIG",
-    "KEY_SCRATCH",
-    "EXEC_VERDICTS",
-    "AYA_LOGS",
-];
 
 /// cgroup v2 socket-address programs, attached to the root cgroup.
 const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
@@ -299,14 +280,14 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
     for dir in [generation.maps(), generation.links()] {
         fs::create_dir_all(&dir).map_err(|source| PinError::Io { path: dir, source })?;
     }
-    let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+    let map_paths: Vec<(&str, PathBuf)> = agent_common::map::PINNED
         .iter()
         .map(|&m| (m, generation.map(m)))
         .collect();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("LAYOUT", &layout, true)
-        .map_max_entries("EVENTS", opts.ring_bytes);
+        .map_max_entries(agent_common::map::EVENTS, opts.ring_bytes);
     // An existing pin is opened and used as it is (aya does not create it
     // anew): that is how the maps are adopted.
     for (name, path) in &map_paths {

@@ -156,7 +156,7 @@ pub fn unload(pin_dir: &Path, socket: &Path) -> Result<Vec<PathBuf>, UnloadError
     let all = generations(pin_dir);
     let pid = std::process::id();
     for g in &all {
-        let map = g.map("TAGS");
+        let map = g.map(agent_common::map::TAGS);
         let unreadable = |reason: String| UnloadError::Unreadable {
             map: map.clone(),
             reason,

@@ -14,7 +14,7 @@ mod shared;
 
 use std::{path::PathBuf, sync::Arc};
 
-use agent_common::MODE_LSM;
+use agent_common::{MODE_LSM, map};
 use anyhow::{Context, bail};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use tokio::net::UnixStream;
@@ -176,9 +176,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .take_map(name)
             .with_context(|| format!("the kernel object lacks map {name}"))
     };
-    let ring = RingBuf::try_from(take("EVENTS")?)?;
-    let mut tags = BpfHashMap::try_from(take("TAGS")?)?;
-    let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
+    let ring = RingBuf::try_from(take(map::EVENTS)?)?;
+    let mut tags = BpfHashMap::try_from(take(map::TAGS)?)?;
+    let counters = PerCpuArray::try_from(take(map::COUNTERS)?)?;
     let mut registry = Registry::new();
     adopt::restore(
         saved,

@@ -68,11 +68,15 @@ fn delegating(id: SessionId, registry: &Registry) -> anyhow::Result<Delegation> 
 /// The human a session acts for. A delegated session keeps its parent's.
 /// Otherwise the caller's own user, unless the caller is root: only root
 /// may name someone else (`sudo agentgate exec` sends `SUDO_USER`).
-fn principal(claimed: String, peer: &Peer, delegation: Option<&Delegation>) -> String {
+fn principal(
+    claimed: String,
+    own: String,
+    peer: &Peer,
+    delegation: Option<&Delegation>,
+) -> String {
     if let Some(d) = delegation {
         return d.principal.clone();
     }
-    let own = users::name(peer.uid);
     if claimed.is_empty() || claimed == own {
         return own;
     }
@@ -98,6 +102,8 @@ pub fn open(open: control::OpenSession, peer: &Peer, shared: &Shared) -> anyhow:
     }
     let (start_ns, ppid) = procs::start_and_ppid(peer.pid)?;
     let requested_ttl = (open.ttl_secs > 0).then(|| Duration::from_secs(open.ttl_secs));
+    // Outside the lock: the user database may be a network service.
+    let (own_name, own_home) = (users::name(peer.uid), users::home(peer.uid));
     let mut guard = shared.lock();
     let st = &mut *guard;
     // Opened from inside a session: a delegated session, judged by its own
@@ -106,7 +112,7 @@ pub fn open(open: control::OpenSession, peer: &Peer, shared: &Shared) -> anyhow:
         None => None,
         Some(p) => Some(delegating(p, &st.registry)?),
     };
-    let principal = principal(open.principal, peer, delegation.as_ref());
+    let principal = principal(open.principal, own_name, peer, delegation.as_ref());
     let set = st.engine.policy().clone();
     let Some(profile) = set.profile(&open.profile) else {
         bail!(
@@ -130,7 +136,7 @@ pub fn open(open: control::OpenSession, peer: &Peer, shared: &Shared) -> anyhow:
     if !open.home.is_empty() {
         homes.push(PathBuf::from(&open.home));
     }
-    if let Some(home) = users::home(peer.uid)
+    if let Some(home) = own_home
         && !homes.contains(&home)
     {
         homes.push(home);
