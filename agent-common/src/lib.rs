@@ -521,6 +521,19 @@ pub const DECIDE_NO_SESSION: u8 = 2;
 /// The input was unreadable or of an unknown kind.
 pub const DECIDE_BAD_INPUT: u8 = 3;
 
+/// Linux ABI values both sides use (the kernel crate has no libc): open
+/// flags as the syscalls take them, the dirfd of "the cwd", bpffs's magic.
+pub mod abi {
+    pub const O_ACCMODE: i64 = 0o3;
+    pub const O_WRONLY: i64 = 0o1;
+    pub const O_RDWR: i64 = 0o2;
+    pub const O_CREAT: i64 = 0o100;
+    pub const O_TRUNC: i64 = 0o1000;
+    pub const AT_FDCWD: i64 = -100;
+    /// The superblock magic of bpffs.
+    pub const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+}
+
 /// The kernel object's maps, by the names user space takes them by: the
 /// statics of agent-ebpf/src/maps.rs (a map's name is its static's). The
 /// loader pins every one of [`map::PINNED`], so an object that lacks one

@@ -15,11 +15,7 @@ use crate::{
 const SIGKILL: u32 = 9;
 pub const EPERM: i32 = 1;
 
-const O_ACCMODE: i64 = 0o3;
-const O_WRONLY: i64 = 0o1;
-const O_RDWR: i64 = 0o2;
-const O_CREAT: i64 = 0o100;
-const O_TRUNC: i64 = 0o1000;
+use agent_common::abi::{O_ACCMODE, O_CREAT, O_RDWR, O_TRUNC, O_WRONLY};
 
 /// Fallback: a blocking verdict at a syscall tracepoint is a SIGKILL — the
 /// call itself still runs, but the process never sees its result.

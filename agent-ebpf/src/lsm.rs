@@ -63,9 +63,7 @@ const FMODE_CREATED: u32 = 0x100000;
 /// overlayfs's backing file (6.1: `open_with_fake_path`; later kernels add
 /// FMODE_BACKING beside it). The outer open of the same path was judged.
 const FMODE_NOACCOUNT: u32 = 0x20000000;
-const O_WRONLY: i64 = 0o1;
-const O_RDWR: i64 = 0o2;
-const O_CREAT: i64 = 0o100;
+use agent_common::abi::{BPF_FS_MAGIC, O_CREAT, O_RDWR, O_WRONLY};
 
 /// The tag of a tagged caller when LSM mode is on, unless a previous LSM
 /// already refused (`retval`, which must stand), and its session's policy
@@ -349,8 +347,6 @@ fn refuse_tagged(previous: i32, what: &[u8]) -> i32 {
     }
 }
 
-/// `BPF_FS_MAGIC`: the superblock magic of bpffs.
-const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 /// Unpinning agentgate's programs or maps is an unlink on bpffs (the
 /// `bpf()` refusal does not cover it).
@@ -371,7 +367,7 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
         bpf_probe_read_kernel(dir.add(l.inode_i_sb as usize) as *const *const u8)
             .and_then(|sb| bpf_probe_read_kernel(sb.add(l.sb_s_magic as usize) as *const u64))
     };
-    if magic.is_ok_and(|m| m & 0xffff_ffff == BPF_FS_MAGIC) {
+    if magic.is_ok_and(|m| m & 0xffff_ffff == u64::from(BPF_FS_MAGIC)) {
         return guard::refuse(&tag, b"unlink:bpffs");
     }
     0

@@ -103,8 +103,8 @@ struct OpenArgs {
     mode: Option<usize>,
 }
 
-const AT_FDCWD: i64 = -100;
-const O_WRONLY_CREAT_TRUNC: i64 = 0o1 | 0o100 | 0o1000;
+use agent_common::abi::{AT_FDCWD, O_CREAT, O_TRUNC, O_WRONLY};
+const O_WRONLY_CREAT_TRUNC: i64 = O_WRONLY | O_CREAT | O_TRUNC;
 
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {

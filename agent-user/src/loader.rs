@@ -48,7 +48,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
 ];
 
-
 /// cgroup v2 socket-address programs, attached to the root cgroup.
 const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 

@@ -16,8 +16,6 @@ use thiserror::Error;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/agentgate";
 const BPFFS: &str = "/sys/fs/bpf";
-/// `statfs` magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const GENERATION_PREFIX: &str = "obj-";
 
 #[derive(Debug, Error)]
@@ -46,9 +44,11 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    // SAFETY: statfs writes into the zeroed struct we own.
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+    // SAFETY: a NUL-terminated path and a struct we own for statfs to fill.
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    ok && st.f_type as i64 == i64::from(agent_common::abi::BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there, and creates

@@ -16,7 +16,7 @@ use agent_common::EventKind;
 
 use crate::events::{self, Event, Process, RawEvent, Target};
 
-const AT_FDCWD: i32 = -100;
+const AT_FDCWD: i32 = agent_common::abi::AT_FDCWD as i32;
 /// Ancestors listed per event.
 const MAX_ANCESTORS: usize = 16;
 
@@ -152,6 +152,10 @@ impl ProcessCache {
     /// Processes known.
     pub fn len(&self) -> usize {
         self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
     }
 
     /// Forgets processes that are gone. Their exit records normally do

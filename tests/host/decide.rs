@@ -203,7 +203,7 @@ impl Kernel {
                 put_sockaddr(b, &sa);
             }
         }
-        self.input.set(0, &*self.buf, 0).unwrap();
+        self.input.set(0, *self.buf, 0).unwrap();
         self.output.set(0, DecideOutput::default(), 0).unwrap();
         let prog: &RawTracePoint = self
             .ebpf

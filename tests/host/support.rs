@@ -16,9 +16,9 @@ pub const AGENTGATE: &str = env!("CARGO_BIN_EXE_agentgate");
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the kernel tests load eBPF programs and must run as root (cargo xtask test does this)"
     );
 }

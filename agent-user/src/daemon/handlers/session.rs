@@ -68,12 +68,7 @@ fn delegating(id: SessionId, registry: &Registry) -> anyhow::Result<Delegation> 
 /// The human a session acts for. A delegated session keeps its parent's.
 /// Otherwise the caller's own user, unless the caller is root: only root
 /// may name someone else (`sudo agentgate exec` sends `SUDO_USER`).
-fn principal(
-    claimed: String,
-    own: String,
-    peer: &Peer,
-    delegation: Option<&Delegation>,
-) -> String {
+fn principal(claimed: String, own: String, peer: &Peer, delegation: Option<&Delegation>) -> String {
     if let Some(d) = delegation {
         return d.principal.clone();
     }
