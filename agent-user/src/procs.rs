@@ -257,23 +257,17 @@ pub fn start_and_ppid(pid: u32) -> io::Result<(u64, u32)> {
         .get(19)
         .and_then(|f| f.parse().ok())
         .ok_or_else(bad)?;
-    Ok((ticks * tick_ns(), ppid))
-}
-
-fn tick_ns() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    1_000_000_000 / hz
+    Ok((ticks * (1_000_000_000 / hz), ppid))
 }
 
-/// Sends `signal` to `pid` only if it is still the process the kernel
-/// tagged at `tagged_ns` (boot clock): one that started later reused the
-/// pid and is a stranger. Tags are taken at fork, at session open, or when
-/// a process is first seen in a session's cgroup — never before the
-/// process started — so "started no later than its tag" tells them apart.
-/// The pidfd keeps the identity fixed between the check and the signal.
-/// `Ok(false)`: gone, or a stranger.
-pub fn signal_if_same(pid: u32, tagged_ns: u64, signal: i32) -> io::Result<bool> {
+/// Sends `signal` to `pid` only if `still_same` says, once a pidfd holds
+/// the process, that it is the one meant: a pid may have been reused since
+/// the call that earned the signal. Holding the pidfd first means the
+/// process `still_same` looks at (its tag, say) cannot change under it
+/// before the signal. `Ok(false)`: gone, or a stranger.
+pub fn signal_if(pid: u32, signal: i32, still_same: impl FnOnce() -> bool) -> io::Result<bool> {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
@@ -286,13 +280,7 @@ pub fn signal_if_same(pid: u32, tagged_ns: u64, signal: i32) -> io::Result<bool>
     }
     // SAFETY: the fd was just returned to us and is owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let started_ns = match start_and_ppid(pid) {
-        Ok((ns, _)) => ns,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    // /proc counts in clock ticks: compare at that resolution.
-    if started_ns / tick_ns() > tagged_ns / tick_ns() {
+    if !still_same() {
         return Ok(false);
     }
     // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
@@ -387,23 +375,15 @@ mod tests {
     }
 
     #[test]
-    fn a_process_that_started_after_its_tag_is_a_stranger() {
-        let mut child = sleeper();
-        let (started, _) = start_and_ppid(child.id()).unwrap();
-        // Tagged a second before it started: the pid's owner then was
-        // another process, this one reused the pid.
-        let before = started - 1_000_000_000;
-        assert!(!signal_if_same(child.id(), before, libc::SIGKILL).unwrap());
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the stranger was killed"
-        );
-        assert!(signal_if_same(child.id(), started, libc::SIGKILL).unwrap());
-        let status = child.wait().unwrap();
+    fn a_signal_goes_only_where_the_check_says() {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
-        // Reaped: gone.
-        assert!(!signal_if_same(child.id(), started, libc::SIGKILL).unwrap());
+        let mut child = sleeper();
+        assert!(!signal_if(child.id(), libc::SIGKILL, || false).unwrap());
+        assert!(child.try_wait().unwrap().is_none(), "a stranger was killed");
+        assert!(signal_if(child.id(), libc::SIGKILL, || true).unwrap());
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // Reaped: gone, whatever the check says.
+        assert!(!signal_if(child.id(), libc::SIGKILL, || true).unwrap());
     }
 
     #[test]

@@ -186,15 +186,18 @@ fn ended(facts: &Facts, st: &State, ev: &Event, why: Ended) -> Judged {
     }
 }
 
-/// Kills the process that made the call — never a stranger: the pid must
-/// still be tagged with this session, and still be the process that was
-/// tagged (a later one reused the pid).
+/// Kills the process that made the call — never a stranger that reused
+/// its pid: the pid's tag must still be the one the call was made under
+/// (the kernel stamps each tag with the boot-clock ns it was made, at fork,
+/// session open or first sight in a session's cgroup).
 fn kill(st: &State, ev: &Event, rule: &str, reason: &str) -> &'static str {
     let pid = ev.process.pid;
-    if st.session_of(pid) != Some(ev.session) {
-        return "gone";
-    }
-    match procs::signal_if_same(pid, ev.process.start_ns, libc::SIGKILL) {
+    let same = || {
+        st.tags
+            .get(&pid, 0)
+            .is_ok_and(|t| t.session == ev.session && t.start_ns == ev.process.start_ns)
+    };
+    match procs::signal_if(pid, libc::SIGKILL, same) {
         Ok(true) => {
             log::warn!(
                 "session {}: killed pid {pid} ({}): {rule} — {reason}",
