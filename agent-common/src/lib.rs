@@ -60,15 +60,19 @@ pub enum Hook {
     Connect = 2,
     Fork = 3,
     Exit = 4,
+    /// Attempts on the guard or on the session's confinement
+    /// ([`EventKind::Guard`]), whichever hook caught them.
+    Guard = 5,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::Exec,
         Hook::Open,
         Hook::Connect,
         Hook::Fork,
         Hook::Exit,
+        Hook::Guard,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Hook {
             Hook::Connect => "connect",
             Hook::Fork => "fork",
             Hook::Exit => "exit",
+            Hook::Guard => "guard",
         }
     }
 }
