@@ -63,10 +63,45 @@ struct Installed {
     grants: HashMap<u64, GrantEntries>,
 }
 
+/// A grant's keys, each with the entry that was at that exact key before
+/// (`None`: there was none, and revoking deletes the key).
 #[derive(Default)]
 struct GrantEntries {
     path: Vec<(Key<PathRuleKey>, Option<RuleEntry>)>,
     net: Vec<(Key<NetRuleKey>, Option<RuleEntry>)>,
+}
+
+impl Installed {
+    /// The session's rulesets or grants put an entry at exactly `key`.
+    fn holds_path(&self, key: &Key<PathRuleKey>) -> bool {
+        let rulesets = std::iter::once(&self.rules).chain(self.tools.values());
+        holds(rulesets.flat_map(|r| &r.path), key)
+            || holds(
+                self.grants
+                    .values()
+                    .flat_map(|g| g.path.iter().map(|(k, _)| k)),
+                key,
+            )
+    }
+
+    fn holds_net(&self, key: &Key<NetRuleKey>) -> bool {
+        let rulesets = std::iter::once(&self.rules).chain(self.tools.values());
+        holds(rulesets.flat_map(|r| &r.net), key)
+            || holds(
+                self.grants
+                    .values()
+                    .flat_map(|g| g.net.iter().map(|(k, _)| k)),
+                key,
+            )
+    }
+}
+
+/// `key` is among `keys`, prefix length and all.
+fn holds<'a, K: aya::Pod + PartialEq + 'a>(
+    mut keys: impl Iterator<Item = &'a Key<K>>,
+    key: &Key<K>,
+) -> bool {
+    keys.any(|k| k.prefix_len() == key.prefix_len() && k.data() == key.data())
 }
 
 pub struct Enforcer {
@@ -357,10 +392,11 @@ impl Enforcer {
     ) -> Result<(), EnforceError> {
         let installed = self
             .installed
-            .get_mut(&session)
+            .get(&session)
             .ok_or(EnforceError::NoSession(session))?;
         let mut entries = GrantEntries::default();
-        for (tool, rules) in rules {
+        let mut done = Ok(());
+        'rules: for (tool, rules) in rules {
             let ruleset = match tool {
                 None => installed.rules.layer.ruleset,
                 Some(t) => match installed.tools.get(*t) {
@@ -368,27 +404,44 @@ impl Enforcer {
                     None => continue,
                 },
             };
-            // An LPM look-up returns the longest match, not the entry at
-            // this exact key: restoring that value here later answers every
-            // look-up as before, whether or not an entry was here.
+            // What was at this very key: an entry only if this enforcer
+            // (the maps' one writer) put one there, for the session's
+            // rulesets or an earlier grant. A look-up answers with the
+            // longest match, which for a key nobody put in is a shorter
+            // prefix's entry: writing that back on revoke would add a key
+            // that was never there.
             for (bits, key, entry) in &rules.path {
                 let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
-                let before = self.path.get(&key, 0).ok();
-                self.path
-                    .insert(&key, entry, 0)
-                    .map_err(map_err("PATH_RULES"))?;
+                let before = (installed.holds_path(&key)
+                    || holds(entries.path.iter().map(|(k, _)| k), &key))
+                .then(|| self.path.get(&key, 0).ok())
+                .flatten();
+                if let Err(e) = self.path.insert(&key, entry, 0) {
+                    done = Err(map_err("PATH_RULES")(e));
+                    break 'rules;
+                }
                 entries.path.push((key, before));
             }
             for (bits, key, entry) in &rules.net {
                 let key = Key::new(*bits, NetRuleKey { ruleset, ..*key });
-                let before = self.net.get(&key, 0).ok();
-                self.net
-                    .insert(&key, entry, 0)
-                    .map_err(map_err("NET_RULES"))?;
+                let before = (installed.holds_net(&key)
+                    || holds(entries.net.iter().map(|(k, _)| k), &key))
+                .then(|| self.net.get(&key, 0).ok())
+                .flatten();
+                if let Err(e) = self.net.insert(&key, entry, 0) {
+                    done = Err(map_err("NET_RULES")(e));
+                    break 'rules;
+                }
                 entries.net.push((key, before));
             }
         }
-        installed.grants.insert(grant, entries);
+        if let Err(e) = done {
+            self.restore(&entries);
+            return Err(e);
+        }
+        if let Some(i) = self.installed.get_mut(&session) {
+            i.grants.insert(grant, entries);
+        }
         Ok(())
     }
 
@@ -401,6 +454,12 @@ impl Enforcer {
         else {
             return;
         };
+        self.restore(&entries);
+    }
+
+    /// Puts back, last first, what each of a grant's keys held: its old
+    /// entry, or nothing.
+    fn restore(&mut self, entries: &GrantEntries) {
         for (key, before) in entries.path.iter().rev() {
             let _ = match before {
                 Some(e) => self.path.insert(key, e, 0),
