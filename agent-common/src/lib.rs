@@ -397,6 +397,11 @@ pub struct SessionPolicy {
     pub _pad: u32,
     /// The session this one was opened from (0: none).
     pub parent: SessionId,
+    /// Labels the daemon decided (its engine judged a call the kernel could
+    /// not, or it carried them over a restart). Only the daemon writes this
+    /// value; the kernel ORs the labels it sets into `SESSION_LABELS`,
+    /// which the daemon never writes, and judges by the union of the two.
+    pub labels: u64,
 }
 
 /// Value of `CONFIG[0]`: which hooks judge and whether they block.
@@ -493,7 +498,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<NetRuleKey>(), 24);
         assert_eq!(core::mem::size_of::<RuleSlot>(), 32);
         assert_eq!(core::mem::size_of::<Layer>(), 36);
-        assert_eq!(core::mem::size_of::<SessionPolicy>(), 88);
+        assert_eq!(core::mem::size_of::<SessionPolicy>(), 96);
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub struct Shared {
     pub(crate) audit_only: bool,
     programs: Vec<String>,
     state_dir: PathBuf,
-    /// The policy's label names in bit order, saved with the sessions.
+    /// The label name of each bit of the kernel's masks
+    /// (`Enforcer::label_names`), saved with the sessions.
     label_names: Mutex<Vec<String>>,
 }
 
@@ -239,7 +240,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         &mut enforcer,
         &mut registry,
     )?;
-    let labels = label_names(&set);
+    let labels = enforcer.label_names();
     let reader = Arc::new(ReaderStats::default());
     let shared = Arc::new(Shared {
         tags: Mutex::new(tags),
@@ -438,10 +439,14 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
         compiled.push((s.id, s.spec.parent, c, tools));
     }
     let mut enforcer = shared.enforcer.lock().unwrap();
+    enforcer
+        .use_labels(&label_names(&set))
+        .context("giving the policy's labels their kernel bits")?;
     for (id, parent, c, tools) in &compiled {
-        enforcer
-            .install(*id, &c.kernel, &policy::kernel_tools(tools), *parent)
-            .with_context(|| format!("session {id}: installing its rules"))?;
+        if let Err(e) = enforcer.install(*id, &c.kernel, &policy::kernel_tools(tools), *parent) {
+            let _ = enforcer.use_labels(&label_names(engine.policy()));
+            return Err(e).with_context(|| format!("session {id}: installing its rules"));
+        }
     }
     let old = engine.policy().clone();
     let mut compiled: std::collections::HashMap<SessionId, _> = compiled
@@ -453,11 +458,9 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
             s.compiled = c;
             s.tools = t;
         }
+        // The kernel's masks keep their bits (Enforcer::use_labels): only
+        // the daemon's own record is renumbered.
         s.history = s.history.carry_over(&old, &set);
-        let labels = s.history.labels();
-        if let Err(e) = enforcer.set_labels(s.id, labels) {
-            log::error!("session {}: labels after reload: {e}", s.id);
-        }
     }
     let referrals = shared.referrals.lock().unwrap();
     for g in referrals.grants() {
@@ -466,7 +469,7 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
     }
     drop(referrals);
     let n = registry.len();
-    *shared.label_names.lock().unwrap() = label_names(&set);
+    *shared.label_names.lock().unwrap() = enforcer.label_names();
     shared.persist(&registry);
     *engine = Arc::new(Engine::new(set));
     *shared.policy_hash.write().unwrap() = policy_hash(&shared.policy_paths);

@@ -8,6 +8,7 @@ mod bad_input;
 mod enforce;
 mod grants;
 mod guard;
+mod labels;
 mod pipeline;
 mod probe;
 mod restart;
