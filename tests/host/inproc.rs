@@ -1,21 +1,22 @@
 //! The kernel programs loaded into the test process itself, with the
 //! daemon's `Enforcer` driven directly: for tests that must act on the maps
 //! at a chosen moment (a race, a snapshot before and after), which a daemon
-//! behind its control socket cannot give. Fallback mode (the tracepoints
-//! judge), on the host and in the VM alike; its own pin dir, removed on drop.
+//! behind its control socket cannot give. In the mode the daemon would
+//! choose by itself: BPF LSM where it works (the VM), the tracepoints
+//! otherwise (the host). Its own pin dir, removed on drop.
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use agent_common::{
-    Access, MODE_FALLBACK, PathRuleKey, ProcTag, RULE_PATH_LEN, RuleEntry, RuleSlot, SessionId,
-    Verdict, path_prefix_bits,
+    Access, MODE_FALLBACK, MODE_LSM, PathRuleKey, ProcTag, RULE_PATH_LEN, RuleEntry, RuleSlot,
+    SessionId, Verdict, path_prefix_bits,
 };
 use agentgate::{
     enforce::Enforcer,
     loader::{self, Loaded},
-    pins,
+    pins, probe,
 };
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, lpm_trie::LpmTrie};
 
@@ -37,14 +38,16 @@ impl Kernel {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
+        let lsm = probe::probe().lsm_works();
         let mut loaded = loader::load(&loader::Options {
             ring_bytes: 1 << 16,
-            lsm: false,
+            lsm,
             pin_dir: pin_dir.clone(),
         })
         .expect("loading the kernel programs");
         let mut enforcer = Enforcer::take(&mut loaded.ebpf).expect("the rule maps");
-        enforcer.configure(MODE_FALLBACK, true).unwrap();
+        let mode = if lsm { MODE_LSM } else { MODE_FALLBACK };
+        enforcer.configure(mode, true).unwrap();
         let tags = BpfHashMap::try_from(loaded.ebpf.take_map("TAGS").unwrap()).unwrap();
         Kernel {
             enforcer,
