@@ -60,15 +60,19 @@ pub enum Hook {
     Connect = 2,
     Fork = 3,
     Exit = 4,
+    /// Attempts on the guard or on the session's confinement
+    /// ([`EventKind::Guard`]), whichever hook caught them.
+    Guard = 5,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::Exec,
         Hook::Open,
         Hook::Connect,
         Hook::Fork,
         Hook::Exit,
+        Hook::Guard,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Hook {
             Hook::Connect => "connect",
             Hook::Fork => "fork",
             Hook::Exit => "exit",
+            Hook::Guard => "guard",
         }
     }
 }
@@ -399,6 +404,11 @@ pub struct SessionPolicy {
     pub _pad: u32,
     /// The session this one was opened from (0: none).
     pub parent: SessionId,
+    /// Labels the daemon decided (its engine judged a call the kernel could
+    /// not, or it carried them over a restart). Only the daemon writes this
+    /// value; the kernel ORs the labels it sets into `SESSION_LABELS`,
+    /// which the daemon never writes, and judges by the union of the two.
+    pub labels: u64,
 }
 
 /// Value of `CONFIG[0]`: which hooks judge and whether they block.
@@ -619,7 +629,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<NetRuleKey>(), 24);
         assert_eq!(core::mem::size_of::<RuleSlot>(), 32);
         assert_eq!(core::mem::size_of::<Layer>(), 36);
-        assert_eq!(core::mem::size_of::<SessionPolicy>(), 88);
+        assert_eq!(core::mem::size_of::<SessionPolicy>(), 96);
         assert_eq!(
             core::mem::size_of::<DecideInput>(),
             3 * 8 + DECIDE_SOCKADDR_LEN + PATH_MAX

@@ -9,6 +9,7 @@ use agent_common::{
     path_prefix_bits,
 };
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     cty::c_void,
     helpers::{bpf_loop, bpf_probe_read_kernel_buf},
 };
@@ -230,10 +231,12 @@ fn judge_layer(w: &mut Walk, level: u32, policy: &SessionPolicy, tool: bool) {
     if layer.ruleset == 0 {
         return;
     }
+    // The kernel's labels and the daemon's (see SessionPolicy::labels).
     // SAFETY: a map value, copied out.
     let labels = unsafe { SESSION_LABELS.get(&w.current) }
         .copied()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        | policy.labels;
     let Some(keys) = KEY_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -344,21 +347,29 @@ impl Session {
             if bits == 0 {
                 continue;
             }
-            match SESSION_LABELS.get_ptr_mut(id) {
-                // SAFETY: a map value. An atomic OR, so that two CPUs setting
-                // different labels of one session both keep theirs (the BPF
-                // target has no Rust atomics with read-modify-write).
-                Some(p) => unsafe {
-                    if *p & bits != bits {
-                        core::arch::asm!(
-                            "lock *(u64 *)({0} + 0) |= {1}",
-                            in(reg) p,
-                            in(reg) bits,
-                        );
-                    }
-                },
+            // A session's first labels: its entry is made empty, never over
+            // one another CPU has just made (BPF_NOEXIST), then ORed into
+            // like any other.
+            let p = match SESSION_LABELS.get_ptr_mut(id) {
+                Some(p) => p,
                 None => {
-                    let _ = SESSION_LABELS.insert(id, &bits, 0);
+                    let _ = SESSION_LABELS.insert(id, &0, BPF_NOEXIST as u64);
+                    match SESSION_LABELS.get_ptr_mut(id) {
+                        Some(p) => p,
+                        None => continue,
+                    }
+                }
+            };
+            // SAFETY: a map value. An atomic OR, so that two CPUs setting
+            // different labels of one session both keep theirs (the BPF
+            // target has no Rust atomics with read-modify-write).
+            unsafe {
+                if *p & bits != bits {
+                    core::arch::asm!(
+                        "lock *(u64 *)({0} + 0) |= {1}",
+                        in(reg) p,
+                        in(reg) bits,
+                    );
                 }
             }
         }

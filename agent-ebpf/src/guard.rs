@@ -23,14 +23,14 @@ const ESCAPE_FLAGS: u64 = CLONE_NEWNS | CLONE_NEWUSER;
 /// Reports an attempt a tagged process made on the guard or on its own
 /// confinement; `what` goes in the record's path.
 pub fn report(tag: &ProcTag, what: &[u8], enforced: u8) {
-    if let Ok(mut rec) = Record::begin(Hook::Exec, EventKind::Guard, tag) {
+    if let Ok(mut rec) = Record::begin(Hook::Guard, EventKind::Guard, tag) {
         let n = what.len().min(PATH_MAX - 1);
         if let Some(dest) = rec.data().get_mut(..n) {
             dest.copy_from_slice(&what[..n]);
         }
         rec.header().path_len = n as u16;
         rec.judge(&Judgement::of(Verdict::Deny, 0), enforced);
-        rec.emit(Hook::Exec);
+        rec.emit(Hook::Guard);
     }
 }
 

@@ -47,7 +47,10 @@ pub static NET_RULES: LpmTrie<NetRuleKey, RuleEntry> = LpmTrie::with_max_entries
 #[map]
 pub static SESSION_POLICY: HashMap<SessionId, SessionPolicy> = HashMap::with_max_entries(4096, 0);
 
-/// session → labels it has earned (bitmask), set by rules as calls go through.
+/// session → labels it has earned (bitmask), set by rules as calls go
+/// through. The programs' alone to write (an atomic OR, `decide::commit`);
+/// the daemon reads it and deletes a session's entry when the session
+/// ends. Labels the daemon decides are in `SessionPolicy::labels`.
 #[map]
 pub static SESSION_LABELS: HashMap<SessionId, u64> = HashMap::with_max_entries(4096, 0);
 

@@ -8,7 +8,7 @@ use std::{
     path::Path,
 };
 
-use agent_common::{ProcTag, SessionId};
+use agent_common::{ProcTag, SessionId, SessionPolicy};
 use anyhow::Context;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 
@@ -73,7 +73,16 @@ impl KernelState {
     fn read_previous(&mut self, g: &Generation) -> anyhow::Result<()> {
         self.read_tags(&pinned_hash(g, "TAGS")?);
         let labels: BpfHashMap<MapData, SessionId, u64> = pinned_hash(g, "SESSION_LABELS")?;
-        self.labels.extend(labels.iter().filter_map(Result::ok));
+        for (id, l) in labels.iter().filter_map(Result::ok) {
+            *self.labels.entry(id).or_default() |= l;
+        }
+        // The labels its daemon decided, where its policy values have this
+        // version's layout (older objects kept them in SESSION_LABELS).
+        if let Ok(policy) = pinned_hash::<SessionId, SessionPolicy>(g, "SESSION_POLICY") {
+            for (id, p) in policy.iter().filter_map(Result::ok) {
+                *self.labels.entry(id).or_default() |= p.labels;
+            }
+        }
         Ok(())
     }
 }
@@ -133,6 +142,13 @@ pub fn restore(
     }
     let live = kernel.sessions();
     let saved = saved.unwrap_or_default();
+    // The kernel's label masks are in the bits the earlier daemon saved; the
+    // policy's labels keep those bits (before anything is installed).
+    enforcer.adopt_labels(&saved.labels);
+    let names: Vec<String> = set.labels().iter().map(|(n, _)| n.to_owned()).collect();
+    enforcer
+        .use_labels(&names)
+        .context("giving the policy's labels their kernel bits")?;
     let mut restored = HashSet::new();
     for s in &saved.sessions {
         if !live.contains(&s.id) {
@@ -175,15 +191,16 @@ pub fn restore(
                 .expire(s.id, e == Ended::Drifted)
                 .with_context(|| format!("session {}: marking it ended", s.id))?;
         }
-        let kernel_labels = if loaded.adopted {
-            enforcer.labels(s.id)
-        } else {
-            kernel.labels.get(&s.id).copied().unwrap_or(0)
-        };
-        let labels = state::translate_labels(kernel_labels, &saved.labels, |n| set.labels().bit(n));
-        enforcer
-            .set_labels(s.id, labels)
-            .with_context(|| format!("session {}: restoring its labels", s.id))?;
+        // Adopted maps kept the labels where they were (install keeps the
+        // daemon's); an earlier object's go over as the daemon's.
+        if !loaded.adopted
+            && let Some(bits) = kernel.labels.get(&s.id)
+        {
+            enforcer
+                .carry_labels(s.id, *bits)
+                .with_context(|| format!("session {}: restoring its labels", s.id))?;
+        }
+        let labels = enforcer.labels(s.id);
         let mut history = SessionHistory::new();
         history.add_labels(labels);
         registry.restore(Session {

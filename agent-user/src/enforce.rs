@@ -24,6 +24,11 @@ pub enum EnforceError {
     NoSession(SessionId),
     #[error("session {0} has no tool {1}")]
     NoTool(SessionId, String),
+    #[error(
+        "no kernel label bit is left for label {0:?}: the other 63 are the policy's or held by \
+         sessions (labels a reload dropped keep their bit while a session holds them)"
+    )]
+    NoLabelBit(String),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EnforceError {
@@ -49,10 +54,169 @@ struct Installed {
     grants: HashMap<u64, GrantEntries>,
 }
 
+/// A grant's keys, each with the entry that was at that exact key before
+/// (`None`: there was none, and revoking deletes the key).
 #[derive(Default)]
 struct GrantEntries {
     path: Vec<(Key<PathRuleKey>, Option<RuleEntry>)>,
     net: Vec<(Key<NetRuleKey>, Option<RuleEntry>)>,
+}
+
+impl Installed {
+    /// The session's rulesets or grants put an entry at exactly `key`.
+    fn holds_path(&self, key: &Key<PathRuleKey>) -> bool {
+        let rulesets = std::iter::once(&self.rules).chain(self.tools.values());
+        holds(rulesets.flat_map(|r| &r.path), key)
+            || holds(
+                self.grants
+                    .values()
+                    .flat_map(|g| g.path.iter().map(|(k, _)| k)),
+                key,
+            )
+    }
+
+    fn holds_net(&self, key: &Key<NetRuleKey>) -> bool {
+        let rulesets = std::iter::once(&self.rules).chain(self.tools.values());
+        holds(rulesets.flat_map(|r| &r.net), key)
+            || holds(
+                self.grants
+                    .values()
+                    .flat_map(|g| g.net.iter().map(|(k, _)| k)),
+                key,
+            )
+    }
+}
+
+/// `key` is among `keys`, prefix length and all.
+fn holds<'a, K: aya::Pod + PartialEq + 'a>(
+    mut keys: impl Iterator<Item = &'a Key<K>>,
+    key: &Key<K>,
+) -> bool {
+    keys.any(|k| k.prefix_len() == key.prefix_len() && k.data() == key.data())
+}
+
+// Who writes a session's labels. The kernel's programs OR the labels a call
+// earns into `SESSION_LABELS` (an atomic OR, decide.rs); the daemon never
+// writes there: it reads, and deletes when the session ends. The labels the
+// daemon decides go in the session's `SessionPolicy.labels`, a value only
+// the daemon writes (whole); the kernel judges by the union of the two. So
+// nothing the daemon writes can drop a bit the kernel set: a read, OR and
+// write-back of one map value from user space is not atomic with the
+// kernel's OR, and overwriting it (as a reload did) dropped bits outright.
+// Chosen over an mmap-able array with user-space atomics because it needs
+// no slot per session to allocate and keep across restarts, and costs the
+// kernel no extra look-up (it reads the policy value anyway).
+//
+// Neither split maps nor atomics make a reload's renumbering race-free:
+// between putting the new rules in force and rewriting the mask, the
+// kernel judges (and sets bits) with one numbering against a mask in the
+// other. So kernel bits are never renumbered: `LabelBits` gives each label
+// a kernel bit for good (saved with the sessions, so it survives restarts)
+// and translates the policy's numbering, which changes with reloads, at
+// this boundary.
+
+/// Bits of a label mask.
+const MAX_LABEL_BITS: usize = 64;
+
+/// Which label each bit of the kernel's label masks (rule entries,
+/// `SESSION_LABELS`, `SessionPolicy.labels`) stands for, and the policy's
+/// bits in those terms.
+#[derive(Debug, Clone)]
+struct LabelBits {
+    /// Kernel bit → label name (`""`: none).
+    names: Vec<String>,
+    /// Policy bit → kernel bit.
+    kernel_bit: Vec<u8>,
+}
+
+impl Default for LabelBits {
+    /// No policy's labels given yet: the kernel's bits are the policy's.
+    fn default() -> Self {
+        Self {
+            names: vec![String::new(); MAX_LABEL_BITS],
+            kernel_bit: (0..MAX_LABEL_BITS as u8).collect(),
+        }
+    }
+}
+
+impl LabelBits {
+    fn to_kernel(&self, mask: u64) -> u64 {
+        self.kernel_bit
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .fold(0, |a, (_, k)| a | 1 << k)
+    }
+
+    fn from_kernel(&self, mask: u64) -> u64 {
+        self.kernel_bit
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| mask & (1 << **k) != 0)
+            .fold(0, |a, (i, _)| a | 1 << i)
+    }
+
+    /// The table for a policy with labels `names` (in its bit order);
+    /// `held`: the kernel bits some session holds, asked for only when no
+    /// bit is free.
+    fn with_policy(
+        &self,
+        names: &[String],
+        held: impl FnOnce() -> u64,
+    ) -> Result<LabelBits, EnforceError> {
+        let mut table = self.names.clone();
+        // The bits of the labels in force are not given away.
+        let mut taken = 0u64;
+        for &k in &self.kernel_bit {
+            if !table[k as usize].is_empty() {
+                taken |= 1 << k;
+            }
+        }
+        let mut kernel_bit = vec![None; names.len()];
+        for (i, name) in names.iter().enumerate() {
+            if let Some(k) = table.iter().position(|n| n == name) {
+                kernel_bit[i] = Some(k as u8);
+                taken |= 1 << k;
+            }
+        }
+        let mut held = Some(held);
+        let mut held_bits = 0;
+        for (i, name) in names.iter().enumerate() {
+            if kernel_bit[i].is_some() {
+                continue;
+            }
+            let free = (0..MAX_LABEL_BITS).find(|&k| taken & (1 << k) == 0 && table[k].is_empty());
+            let k = match free {
+                Some(k) => k,
+                None => {
+                    if let Some(h) = held.take() {
+                        held_bits = h();
+                    }
+                    (0..MAX_LABEL_BITS)
+                        .find(|&k| taken & (1 << k) == 0 && held_bits & (1 << k) == 0)
+                        .ok_or_else(|| EnforceError::NoLabelBit(name.clone()))?
+                }
+            };
+            table[k] = name.clone();
+            taken |= 1 << k;
+            kernel_bit[i] = Some(k as u8);
+        }
+        Ok(LabelBits {
+            names: table,
+            kernel_bit: kernel_bit.into_iter().map(|k| k.unwrap_or(0)).collect(),
+        })
+    }
+
+    /// A rule entry with its label masks in kernel bits.
+    fn entry(&self, e: &RuleEntry) -> RuleEntry {
+        let mut out = *e;
+        for slot in &mut out.slots {
+            slot.require = self.to_kernel(slot.require);
+            slot.forbid = self.to_kernel(slot.forbid);
+            slot.set_labels = self.to_kernel(slot.set_labels);
+        }
+        out
+    }
 }
 
 pub struct Enforcer {
@@ -60,10 +224,12 @@ pub struct Enforcer {
     suffix: LpmTrie<MapData, PathRuleKey, RuleEntry>,
     net: LpmTrie<MapData, NetRuleKey, RuleEntry>,
     policy: BpfHashMap<MapData, SessionId, SessionPolicy>,
-    labels: BpfHashMap<MapData, SessionId, u64>,
+    /// `SESSION_LABELS`: the kernel's to write (see [`Enforcer::labels`]).
+    kernel_labels: BpfHashMap<MapData, SessionId, u64>,
     config: Array<MapData, EnforceConfig>,
     installed: HashMap<SessionId, Installed>,
     next_ruleset: u32,
+    label_bits: LabelBits,
 }
 
 impl Enforcer {
@@ -91,10 +257,11 @@ impl Enforcer {
             suffix: take(ebpf, "PATH_SUFFIX_RULES")?,
             net: take(ebpf, "NET_RULES")?,
             policy,
-            labels: take(ebpf, "SESSION_LABELS")?,
+            kernel_labels: take(ebpf, "SESSION_LABELS")?,
             config: take(ebpf, "CONFIG")?,
             installed: HashMap::new(),
             next_ruleset,
+            label_bits: LabelBits::default(),
         })
     }
 
@@ -111,13 +278,13 @@ impl Enforcer {
                 live.insert(p.tool.ruleset);
             } else {
                 let _ = self.policy.remove(&id);
-                let _ = self.labels.remove(&id);
+                let _ = self.kernel_labels.remove(&id);
             }
         }
-        let labelled: Vec<SessionId> = self.labels.keys().filter_map(Result::ok).collect();
+        let labelled: Vec<SessionId> = self.kernel_labels.keys().filter_map(Result::ok).collect();
         for id in labelled {
             if !keep(id) {
-                let _ = self.labels.remove(&id);
+                let _ = self.kernel_labels.remove(&id);
             }
         }
         let mut removed = 0;
@@ -203,7 +370,10 @@ impl Enforcer {
         added.active_tool = old
             .and_then(|o| o.active_tool.clone())
             .filter(|t| added.tools.contains_key(t));
-        let flags = self.policy.get(&session, 0).map(|p| p.flags).unwrap_or(0);
+        let (flags, labels) = self
+            .policy
+            .get(&session, 0)
+            .map_or((0, 0), |p| (p.flags, p.labels));
         let policy = SessionPolicy {
             rules: added.rules.layer,
             tool: added
@@ -214,6 +384,7 @@ impl Enforcer {
             flags,
             _pad: 0,
             parent,
+            labels,
         };
         if let Err(e) = self.policy.insert(session, policy, 0) {
             self.remove_installed(&added);
@@ -251,24 +422,25 @@ impl Enforcer {
         rules: &KernelRuleset,
         added: &mut InstalledRuleset,
     ) -> Result<(), EnforceError> {
+        let bits_of = &self.label_bits;
         for (bits, key, entry) in &rules.path {
             let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
             self.path
-                .insert(&key, entry, 0)
+                .insert(&key, bits_of.entry(entry), 0)
                 .map_err(map_err("PATH_RULES"))?;
             added.path.push(key);
         }
         for (bits, key, entry) in &rules.suffix {
             let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
             self.suffix
-                .insert(&key, entry, 0)
+                .insert(&key, bits_of.entry(entry), 0)
                 .map_err(map_err("PATH_SUFFIX_RULES"))?;
             added.suffix.push(key);
         }
         for (bits, key, entry) in &rules.net {
             let key = Key::new(*bits, NetRuleKey { ruleset, ..*key });
             self.net
-                .insert(&key, entry, 0)
+                .insert(&key, bits_of.entry(entry), 0)
                 .map_err(map_err("NET_RULES"))?;
             added.net.push(key);
         }
@@ -343,10 +515,11 @@ impl Enforcer {
     ) -> Result<(), EnforceError> {
         let installed = self
             .installed
-            .get_mut(&session)
+            .get(&session)
             .ok_or(EnforceError::NoSession(session))?;
         let mut entries = GrantEntries::default();
-        for (tool, rules) in rules {
+        let mut done = Ok(());
+        'rules: for (tool, rules) in rules {
             let ruleset = match tool {
                 None => installed.rules.layer.ruleset,
                 Some(t) => match installed.tools.get(*t) {
@@ -354,27 +527,44 @@ impl Enforcer {
                     None => continue,
                 },
             };
-            // An LPM look-up returns the longest match, not the entry at
-            // this exact key: restoring that value here later answers every
-            // look-up as before, whether or not an entry was here.
+            // What was at this very key: an entry only if this enforcer
+            // (the maps' one writer) put one there, for the session's
+            // rulesets or an earlier grant. A look-up answers with the
+            // longest match, which for a key nobody put in is a shorter
+            // prefix's entry: writing that back on revoke would add a key
+            // that was never there.
             for (bits, key, entry) in &rules.path {
                 let key = Key::new(*bits, PathRuleKey { ruleset, ..*key });
-                let before = self.path.get(&key, 0).ok();
-                self.path
-                    .insert(&key, entry, 0)
-                    .map_err(map_err("PATH_RULES"))?;
+                let before = (installed.holds_path(&key)
+                    || holds(entries.path.iter().map(|(k, _)| k), &key))
+                .then(|| self.path.get(&key, 0).ok())
+                .flatten();
+                if let Err(e) = self.path.insert(&key, self.label_bits.entry(entry), 0) {
+                    done = Err(map_err("PATH_RULES")(e));
+                    break 'rules;
+                }
                 entries.path.push((key, before));
             }
             for (bits, key, entry) in &rules.net {
                 let key = Key::new(*bits, NetRuleKey { ruleset, ..*key });
-                let before = self.net.get(&key, 0).ok();
-                self.net
-                    .insert(&key, entry, 0)
-                    .map_err(map_err("NET_RULES"))?;
+                let before = (installed.holds_net(&key)
+                    || holds(entries.net.iter().map(|(k, _)| k), &key))
+                .then(|| self.net.get(&key, 0).ok())
+                .flatten();
+                if let Err(e) = self.net.insert(&key, self.label_bits.entry(entry), 0) {
+                    done = Err(map_err("NET_RULES")(e));
+                    break 'rules;
+                }
                 entries.net.push((key, before));
             }
         }
-        installed.grants.insert(grant, entries);
+        if let Err(e) = done {
+            self.restore(&entries);
+            return Err(e);
+        }
+        if let Some(i) = self.installed.get_mut(&session) {
+            i.grants.insert(grant, entries);
+        }
         Ok(())
     }
 
@@ -387,6 +577,12 @@ impl Enforcer {
         else {
             return;
         };
+        self.restore(&entries);
+    }
+
+    /// Puts back, last first, what each of a grant's keys held: its old
+    /// entry, or nothing.
+    fn restore(&mut self, entries: &GrantEntries) {
         for (key, before) in entries.path.iter().rev() {
             let _ = match before {
                 Some(e) => self.path.insert(key, e, 0),
@@ -404,7 +600,7 @@ impl Enforcer {
     /// Takes a session's rules and labels out of the kernel.
     pub fn remove(&mut self, session: SessionId) {
         let _ = self.policy.remove(&session);
-        let _ = self.labels.remove(&session);
+        let _ = self.kernel_labels.remove(&session);
         if let Some(i) = self.installed.remove(&session) {
             self.remove_installed(&i);
         }
@@ -426,27 +622,188 @@ impl Enforcer {
             .map_err(map_err("SESSION_POLICY"))
     }
 
-    /// The labels the session holds (set by the kernel or the daemon).
+    /// The labels the session holds, set by the kernel or the daemon, in
+    /// the policy's bits.
     pub fn labels(&self, session: SessionId) -> u64 {
-        self.labels.get(&session, 0).unwrap_or(0)
+        let kernel = self.kernel_labels.get(&session, 0).unwrap_or(0);
+        let daemon = self.policy.get(&session, 0).map_or(0, |p| p.labels);
+        self.label_bits.from_kernel(kernel | daemon)
     }
 
-    /// Replaces the session's labels (after a reload renumbered them).
-    pub fn set_labels(&mut self, session: SessionId, bits: u64) -> Result<(), EnforceError> {
-        self.labels
-            .insert(session, bits, 0)
-            .map_err(map_err("SESSION_LABELS"))
-    }
-
-    /// Adds labels decided in user space, so that the kernel's next
-    /// judgement sees them.
+    /// Adds labels decided in user space (the policy's bits), so that the
+    /// kernel's next judgement sees them.
     pub fn add_labels(&mut self, session: SessionId, bits: u64) -> Result<(), EnforceError> {
-        let now = self.labels(session);
-        if now & bits == bits {
+        self.carry_labels(session, self.label_bits.to_kernel(bits))
+    }
+
+    /// Adds labels in the kernel's bits (an earlier object's masks, read in
+    /// the numbering [`Enforcer::adopt_labels`] was given).
+    pub fn carry_labels(&mut self, session: SessionId, bits: u64) -> Result<(), EnforceError> {
+        let mut p = self
+            .policy
+            .get(&session, 0)
+            .map_err(|_| EnforceError::NoSession(session))?;
+        if p.labels & bits == bits {
             return Ok(());
         }
-        self.labels
-            .insert(session, now | bits, 0)
-            .map_err(map_err("SESSION_LABELS"))
+        p.labels |= bits;
+        self.policy
+            .insert(session, p, 0)
+            .map_err(map_err("SESSION_POLICY"))
+    }
+
+    /// Makes the session hold exactly `bits` (the policy's): the kernel's
+    /// own labels cleared, the daemon's set. Not atomic with the kernel's
+    /// writes — for the kernel-decision tests (tests/host/decide.rs), which
+    /// judge one call at a time; the daemon only ever adds.
+    pub fn reset_labels(&mut self, session: SessionId, bits: u64) -> Result<(), EnforceError> {
+        let _ = self.kernel_labels.remove(&session);
+        let mut p = self
+            .policy
+            .get(&session, 0)
+            .map_err(|_| EnforceError::NoSession(session))?;
+        p.labels = self.label_bits.to_kernel(bits);
+        self.policy
+            .insert(session, p, 0)
+            .map_err(map_err("SESSION_POLICY"))
+    }
+
+    /// What each bit of the kernel's label masks stands for, to save with
+    /// the sessions (`""`: no label).
+    pub fn label_names(&self) -> Vec<String> {
+        let mut names = self.label_bits.names.clone();
+        while names.last().is_some_and(String::is_empty) {
+            names.pop();
+        }
+        names
+    }
+
+    /// After a restart: the kernel's masks (pinned maps, an earlier object's
+    /// maps) are in the numbering an earlier daemon saved, `names[bit]`.
+    /// Call before [`Enforcer::use_labels`] and before anything is installed.
+    pub fn adopt_labels(&mut self, names: &[String]) {
+        let mut table: Vec<String> = names.iter().take(MAX_LABEL_BITS).cloned().collect();
+        table.resize(MAX_LABEL_BITS, String::new());
+        self.label_bits = LabelBits {
+            names: table,
+            kernel_bit: (0..MAX_LABEL_BITS as u8).collect(),
+        };
+    }
+
+    /// The policy's labels, in its bit order: rules installed from now on
+    /// and masks passed in and out are in these bits. A label keeps the
+    /// kernel bit it had; a new one takes a free bit, or the bit of a label
+    /// no longer declared that no session holds. The labels of the policy in
+    /// force keep theirs too, so that calling this again with them undoes
+    /// it (a reload that fails half-way).
+    pub fn use_labels(&mut self, names: &[String]) -> Result<(), EnforceError> {
+        self.label_bits = self.label_bits.with_policy(names, || self.held_bits())?;
+        Ok(())
+    }
+
+    /// Kernel bits some session holds.
+    fn held_bits(&self) -> u64 {
+        let kernel = self
+            .kernel_labels
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, l)| l);
+        let daemon = self
+            .policy
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, p)| p.labels);
+        kernel.chain(daemon).fold(0, |a, b| a | b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn policy(bits: &LabelBits, n: &[&str]) -> LabelBits {
+        bits.with_policy(&names(n), || panic!("no bit was to be reused"))
+            .unwrap()
+    }
+
+    #[test]
+    fn before_any_policy_the_bits_are_the_policys() {
+        let b = LabelBits::default();
+        assert_eq!(b.to_kernel(0b1011), 0b1011);
+        assert_eq!(b.from_kernel(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_label_keeps_its_kernel_bit_when_a_reload_renumbers_it() {
+        let first = policy(&LabelBits::default(), &["secret-read", "hot"]);
+        assert_eq!(first.to_kernel(0b01), 0b01);
+        assert_eq!(first.to_kernel(0b10), 0b10);
+        // A label declared first: the policy's bits move, the kernel's stay.
+        let second = policy(&first, &["note", "secret-read", "hot"]);
+        assert_eq!(second.to_kernel(0b010), 0b001, "secret-read");
+        assert_eq!(second.to_kernel(0b100), 0b010, "hot");
+        assert_eq!(second.to_kernel(0b001), 0b100, "note: a fresh bit");
+        assert_eq!(second.from_kernel(0b001), 0b010);
+        // A rule entry is translated slot by slot.
+        let mut e = RuleEntry::default();
+        e.slots[1].require = 0b010;
+        e.slots[1].forbid = 0b100;
+        e.slots[1].set_labels = 0b001;
+        let k = second.entry(&e);
+        assert_eq!(
+            (k.slots[1].require, k.slots[1].forbid, k.slots[1].set_labels),
+            (0b001, 0b010, 0b100)
+        );
+        assert_eq!(k.slots[0], e.slots[0]);
+    }
+
+    #[test]
+    fn a_dropped_label_keeps_its_bit_and_a_failed_reload_is_undone() {
+        let first = policy(&LabelBits::default(), &["a", "b"]);
+        let second = policy(&first, &["b"]);
+        assert_eq!(second.from_kernel(0b11), 0b1, "a is no label of the policy");
+        // Back again: under the same bit, so a session that held it still does.
+        let third = policy(&second, &["a", "b", "c"]);
+        assert_eq!(third.to_kernel(0b111), 0b111);
+        // Undoing a reload: the old policy's labels have their old bits.
+        let undone = policy(&third, &["b"]);
+        assert_eq!(undone.kernel_bit, second.kernel_bit);
+    }
+
+    #[test]
+    fn the_bits_a_previous_daemon_saved_are_kept() {
+        let mut saved = LabelBits::default();
+        saved.names[0] = "x".into();
+        saved.names[2] = "secret-read".into();
+        let b = policy(&saved, &["secret-read", "y"]);
+        assert_eq!(b.to_kernel(0b01), 0b100);
+        assert_eq!(b.to_kernel(0b10), 0b010, "the lowest free bit");
+    }
+
+    #[test]
+    fn a_bit_is_reused_only_when_no_session_holds_it() {
+        let all: Vec<String> = (0..64).map(|i| format!("l{i}")).collect();
+        let full = LabelBits::default()
+            .with_policy(&all, || unreachable!())
+            .unwrap();
+        // All 64 in force: none is given away, held or not.
+        let e = full.with_policy(&names(&["l0", "new"]), || 0).unwrap_err();
+        assert!(matches!(e, EnforceError::NoLabelBit(_)), "{e}");
+        // Only l0 in force: the others' bits are free unless a session
+        // holds them (l1 here).
+        let small = full
+            .with_policy(&names(&["l0"]), || unreachable!())
+            .unwrap();
+        let reused = small.with_policy(&names(&["l0", "new"]), || 0b10).unwrap();
+        assert_eq!(reused.to_kernel(0b10), 0b100, "l1 is held: l2's bit");
+        assert_eq!(reused.names[2], "new");
+        let e = small
+            .with_policy(&names(&["l0", "new"]), || !1)
+            .unwrap_err();
+        assert!(matches!(e, EnforceError::NoLabelBit(_)), "{e}");
     }
 }

@@ -491,7 +491,7 @@ impl Harness {
             for (&n, b) in chain.iter().zip(&before) {
                 self.kernel
                     .enforcer
-                    .set_labels(self.nodes[n].id, *b)
+                    .reset_labels(self.nodes[n].id, *b)
                     .unwrap();
             }
             let j = self

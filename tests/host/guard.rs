@@ -198,3 +198,57 @@ fn a_tagged_process_cannot_unpin_the_guard() {
         assert!(!pin.exists());
     }
 }
+
+/// Guard events count in a row of their own: `N` forked children of one
+/// process each try chroot (killed at syscall entry, in both modes) and the
+/// guard row counts `N` seen and emitted, while the exec row counts only
+/// the session's two programs (the shell and the interpreter).
+#[test]
+fn guard_events_are_counted_apart_from_execs() {
+    const N: u64 = 20;
+    let d = Daemon::start(&[]);
+    let guard = |st: &str, col: usize| {
+        st.lines()
+            .any(|l| l.split_whitespace().next() == Some("guard"))
+            .then(|| counter(st, "guard", col))
+            .unwrap_or_else(|| panic!("no guard row in the status:\n{st}"))
+    };
+    let before = d.status();
+    let out = d.exec_sh(&format!(
+        "exec {} -c 'import os\nfor _ in range({N}):\n    pid = os.fork()\n    if pid == 0:\n        \
+         os.chroot(\"/\")\n        os._exit(0)\n    os.waitpid(pid, 0)\nprint(\"done\")'",
+        python()
+    ));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "{out:?}"
+    );
+    d.wait_for(Duration::from_secs(10), |ev| {
+        ev.iter().filter(|e| s(e, "kind") == "guard").count() as u64 >= N
+    });
+    let after = d.status();
+    assert_eq!(
+        guard(&after, 1) - guard(&before, 1),
+        N,
+        "guard seen:\n{after}"
+    );
+    assert_eq!(
+        guard(&after, 2) - guard(&before, 2),
+        N,
+        "guard emitted:\n{after}"
+    );
+    assert_eq!(
+        guard(&after, 4) - guard(&before, 4),
+        N,
+        "guard blocked:\n{after}"
+    );
+    // Each program is seen once (sched_process_exec), and in LSM mode once
+    // more by bprm_check_security.
+    let execs = counter(&after, "exec", 1) - counter(&before, "exec", 1);
+    let per_exec = if lsm(&d) { 2 } else { 1 };
+    assert_eq!(
+        execs,
+        2 * per_exec,
+        "exec seen moved by the guard events:\n{before}\n{after}"
+    );
+}

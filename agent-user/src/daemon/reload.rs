@@ -106,12 +106,19 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
         let tools = policy::compile_tools(&set, &s.ctx).with_context(what)?;
         compiled.push((s.id, s.spec.parent, c, tools));
     }
-    for (id, parent, c, tools) in &compiled {
-        st.enforcer
-            .install(*id, &c.kernel, &policy::kernel_tools(tools), *parent)
-            .with_context(|| format!("session {id}: installing its rules"))?;
-    }
     let old = st.engine.policy().clone();
+    st.enforcer
+        .use_labels(&label_names(&set))
+        .context("giving the policy's labels their kernel bits")?;
+    for (id, parent, c, tools) in &compiled {
+        if let Err(e) = st
+            .enforcer
+            .install(*id, &c.kernel, &policy::kernel_tools(tools), *parent)
+        {
+            let _ = st.enforcer.use_labels(&label_names(&old));
+            return Err(e).with_context(|| format!("session {id}: installing its rules"));
+        }
+    }
     let mut compiled: std::collections::HashMap<_, _> = compiled
         .into_iter()
         .map(|(id, _, c, t)| (id, (c, t)))
@@ -121,10 +128,9 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
             s.compiled = c;
             s.tools = t;
         }
+        // The kernel's masks keep their bits (`Enforcer::use_labels`): only
+        // the daemon's own record is renumbered.
         s.history = s.history.carry_over(&old, &set);
-        if let Err(e) = st.enforcer.set_labels(s.id, s.history.labels()) {
-            log::error!("session {}: labels after reload: {e}", s.id);
-        }
     }
     for g in st.referrals.grants() {
         install_grant(&st.registry, &mut st.enforcer, g)
@@ -133,4 +139,9 @@ fn reload(shared: &Shared) -> anyhow::Result<usize> {
     st.engine = Arc::new(Engine::new(set));
     st.persist(&shared.facts);
     Ok(st.registry.len())
+}
+
+/// The policy's label names in bit order.
+fn label_names(set: &PolicySet) -> Vec<String> {
+    set.labels().iter().map(|(n, _)| n.to_owned()).collect()
 }

@@ -19,8 +19,8 @@ use agent_common::{Counter, Hook, ProcTag, SessionId, counter_index};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 
 use crate::{
-    enforce::Enforcer, engine::Engine, observer::ReaderStats, policy::PolicySet,
-    referrals::Referrals, sessions::Registry, state,
+    enforce::Enforcer, engine::Engine, observer::ReaderStats, referrals::Referrals,
+    sessions::Registry, state,
 };
 
 /// Fixed at start: how the daemon runs.
@@ -57,17 +57,12 @@ impl State {
     pub fn persist(&self, facts: &Facts) {
         if let Err(e) = state::save(
             &facts.state_dir,
-            &label_names(self.engine.policy()),
+            &self.enforcer.label_names(),
             self.registry.iter(),
         ) {
             log::error!("saving the sessions: {e}");
         }
     }
-}
-
-/// The policy's label names in bit order, saved with the sessions.
-fn label_names(set: &PolicySet) -> Vec<String> {
-    set.labels().iter().map(|(n, _)| n.to_owned()).collect()
 }
 
 pub struct Shared {
