@@ -179,7 +179,10 @@ impl Daemon {
     pub fn events(&self, settle: Duration) -> Vec<Value> {
         sleep(settle);
         let text = fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap();
-        text.lines()
+        // The daemon may be half-way through a line: read complete ones.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
             .collect()
     }
