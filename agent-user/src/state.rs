@@ -222,15 +222,6 @@ pub fn save<'a>(
     write().map_err(|source| StateError::Write { path, source })
 }
 
-/// `mask` (bits of the labels `from`, in order) in the bits of `to`.
-pub fn translate_labels(mask: u64, from: &[String], to: impl Fn(&str) -> Option<u64>) -> u64 {
-    from.iter()
-        .enumerate()
-        .filter(|(i, _)| *i < 64 && mask & (1u64 << i) != 0)
-        .filter_map(|(_, name)| to(name))
-        .fold(0, |a, b| a | b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,17 +312,5 @@ mod tests {
             load(dir.path()).unwrap_err(),
             StateError::Version { found: 9, .. }
         ));
-    }
-
-    #[test]
-    fn labels_are_carried_over_by_name() {
-        let from = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
-        let to = |n: &str| match n {
-            "c" => Some(1),
-            "a" => Some(4),
-            _ => None,
-        };
-        assert_eq!(translate_labels(0b111, &from, to), 0b101);
-        assert_eq!(translate_labels(0b010, &from, to), 0);
     }
 }
