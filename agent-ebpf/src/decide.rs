@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    CONFIG, KEY_SCRATCH, LEVEL_LABELS, NET_RULES, PATH_RULES, PATH_SUFFIX_RULES, SCRATCH, SESSION_LABELS,
-    SESSION_POLICY,
+    CONFIG, KEY_SCRATCH, LEVEL_LABELS, NET_RULES, PATH_RULES, PATH_SUFFIX_RULES, SCRATCH,
+    SESSION_LABELS, SESSION_POLICY,
 };
 
 /// The verdict reached and the rule behind it. The labels the call earns
@@ -296,9 +296,8 @@ impl Session {
         };
         let mut walk = Walk::new(self.chain[0], access);
         // SAFETY: both are map memory of at least RULE_PATH_LEN bytes.
-        walk.forward =
-            unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), &mut keys.path.data.path) }.is_ok()
-                as u8;
+        walk.forward = unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), &mut keys.path.data.path) }
+            .is_ok() as u8;
         // The same path, reversed: suffix rules are prefixes of it.
         let mut rev = Reverse {
             len: len as u64,

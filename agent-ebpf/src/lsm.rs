@@ -13,8 +13,7 @@ use aya_ebpf::{
 use crate::{
     decide::{self, Judgement, Session},
     enforce::{self, EPERM},
-    guard,
-    layout,
+    guard, layout,
     record::Record,
     tagging,
 };
@@ -152,8 +151,8 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     };
     let l = layout::get();
     // SAFETY: `file` is the hook's argument; offsets from this kernel's BTF.
-    let mode =
-        unsafe { bpf_probe_read_kernel(file.add(l.file_f_mode as usize) as *const u32) }.unwrap_or(0);
+    let mode = unsafe { bpf_probe_read_kernel(file.add(l.file_f_mode as usize) as *const u32) }
+        .unwrap_or(0);
     if mode & FMODE_NOACCOUNT != 0 {
         return Ok(0);
     }
@@ -346,7 +345,6 @@ fn refuse_tagged(previous: i32, what: &[u8]) -> i32 {
         None => 0,
     }
 }
-
 
 /// Unpinning agentgate's programs or maps is an unlink on bpffs (the
 /// `bpf()` refusal does not cover it).

@@ -148,7 +148,7 @@ impl LabelBits {
             .fold(0, |a, (_, k)| a | 1 << k)
     }
 
-    fn from_kernel(&self, mask: u64) -> u64 {
+    fn to_policy(&self, mask: u64) -> u64 {
         self.kernel_bit
             .iter()
             .enumerate()
@@ -627,7 +627,7 @@ impl Enforcer {
     pub fn labels(&self, session: SessionId) -> u64 {
         let kernel = self.kernel_labels.get(&session, 0).unwrap_or(0);
         let daemon = self.policy.get(&session, 0).map_or(0, |p| p.labels);
-        self.label_bits.from_kernel(kernel | daemon)
+        self.label_bits.to_policy(kernel | daemon)
     }
 
     /// Adds labels decided in user space (the policy's bits), so that the
@@ -734,7 +734,7 @@ mod tests {
     fn before_any_policy_the_bits_are_the_policys() {
         let b = LabelBits::default();
         assert_eq!(b.to_kernel(0b1011), 0b1011);
-        assert_eq!(b.from_kernel(u64::MAX), u64::MAX);
+        assert_eq!(b.to_policy(u64::MAX), u64::MAX);
     }
 
     #[test]
@@ -747,7 +747,7 @@ mod tests {
         assert_eq!(second.to_kernel(0b010), 0b001, "secret-read");
         assert_eq!(second.to_kernel(0b100), 0b010, "hot");
         assert_eq!(second.to_kernel(0b001), 0b100, "note: a fresh bit");
-        assert_eq!(second.from_kernel(0b001), 0b010);
+        assert_eq!(second.to_policy(0b001), 0b010);
         // A rule entry is translated slot by slot.
         let mut e = RuleEntry::default();
         e.slots[1].require = 0b010;
@@ -765,7 +765,7 @@ mod tests {
     fn a_dropped_label_keeps_its_bit_and_a_failed_reload_is_undone() {
         let first = policy(&LabelBits::default(), &["a", "b"]);
         let second = policy(&first, &["b"]);
-        assert_eq!(second.from_kernel(0b11), 0b1, "a is no label of the policy");
+        assert_eq!(second.to_policy(0b11), 0b1, "a is no label of the policy");
         // Back again: under the same bit, so a session that held it still does.
         let third = policy(&second, &["a", "b", "c"]);
         assert_eq!(third.to_kernel(0b111), 0b111);
