@@ -17,44 +17,41 @@ use crate::support::*;
 /// records), not /etc/passwd: what an LDAP or sssd user looks like to
 /// agentgate.
 struct NssUser {
+    name: &'static str,
     uid: u32,
 }
 
 impl NssUser {
-    const NAME: &str = "agentgate-nss";
-    const UID: u32 = 61234;
-
-    fn create() -> Self {
+    /// Each test its own user: tests run side by side, and one's clean-up
+    /// must not take another's user away.
+    fn create(name: &'static str, uid: u32) -> Self {
         fs::create_dir_all("/run/userdb").unwrap();
         let record = format!(
             r#"{{"userName":"{}","uid":{},"gid":{},"homeDirectory":"/home/{}","shell":"/bin/sh","disposition":"regular"}}"#,
-            Self::NAME,
-            Self::UID,
-            Self::UID,
-            Self::NAME
+            name, uid, uid, name
         );
-        fs::write(format!("/run/userdb/{}.user", Self::NAME), record).unwrap();
-        let _ = fs::remove_file(format!("/run/userdb/{}.user", Self::UID));
+        fs::write(format!("/run/userdb/{}.user", name), record).unwrap();
+        let _ = fs::remove_file(format!("/run/userdb/{}.user", uid));
         std::os::unix::fs::symlink(
-            format!("{}.user", Self::NAME),
-            format!("/run/userdb/{}.user", Self::UID),
+            format!("{}.user", name),
+            format!("/run/userdb/{}.user", uid),
         )
         .unwrap();
         let passwd = fs::read_to_string("/etc/passwd").unwrap();
         assert!(
-            !passwd.contains(Self::NAME),
+            !passwd.contains(name),
             "{} must not be in /etc/passwd",
-            Self::NAME
+            name
         );
         let out = Command::new("getent")
-            .args(["passwd", &Self::UID.to_string()])
+            .args(["passwd", &uid.to_string()])
             .output()
             .unwrap();
         assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with(Self::NAME),
+            String::from_utf8_lossy(&out.stdout).starts_with(name),
             "nss-systemd does not serve /run/userdb here (is `systemd` in /etc/nsswitch.conf?): {out:?}"
         );
-        NssUser { uid: Self::UID }
+        NssUser { name, uid }
     }
 
     /// `agentgate ARGS…` as this user.
@@ -75,8 +72,8 @@ impl NssUser {
 
 impl Drop for NssUser {
     fn drop(&mut self) {
-        let _ = fs::remove_file(format!("/run/userdb/{}.user", Self::UID));
-        let _ = fs::remove_file(format!("/run/userdb/{}.user", Self::NAME));
+        let _ = fs::remove_file(format!("/run/userdb/{}.user", self.uid));
+        let _ = fs::remove_file(format!("/run/userdb/{}.user", self.name));
     }
 }
 
@@ -106,7 +103,7 @@ fn listed_while_running(d: &Daemon, mut cmd: Command, intent: &str) -> String {
 #[test]
 fn only_root_may_name_another_principal_and_users_come_from_nss() {
     let d = Daemon::start(&["--policy", path_str(&test_policy("trust.yaml"))]);
-    let user = NssUser::create();
+    let user = NssUser::create("agentgate-nss", 61234);
     // A user who claims to act for alice acts for themself. The name comes
     // from the user database (this user is not in /etc/passwd).
     let mut cmd = user.agentgate(&d);
@@ -117,7 +114,7 @@ fn only_root_may_name_another_principal_and_users_come_from_nss() {
         .lines()
         .find(|l| l.contains("claims-alice"))
         .unwrap_or_else(|| panic!("no session in:\n{list}\n{}", d.log()));
-    assert!(line.contains(NssUser::NAME), "{line}");
+    assert!(line.contains(user.name), "{line}");
     assert!(
         !line.contains("alice "),
         "a user named another principal: {line}"
@@ -402,7 +399,7 @@ fn a_client_of_a_stopped_daemon_says_so_instead_of_hanging() {
 #[test]
 fn one_user_cannot_hold_every_connection() {
     let d = Daemon::start(&[]);
-    let user = NssUser::create();
+    let user = NssUser::create("agentgate-nss-conn", 61235);
     // The user's idle connections, as many as the daemon serves one user.
     let held: Vec<Child> = (0..16)
         .map(|_| {
