@@ -18,6 +18,7 @@
 mod decide;
 mod enforce;
 mod maps;
+mod object;
 mod record;
 
 use agent_common::{
@@ -111,13 +112,3 @@ fn run() -> Option<DecideOutput> {
         _pad: [0; 2],
     })
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

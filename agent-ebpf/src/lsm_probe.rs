@@ -6,6 +6,8 @@
 #![no_std]
 #![no_main]
 
+mod object;
+
 use aya_ebpf::{
     macros::{lsm, map},
     maps::Array,
@@ -25,14 +27,3 @@ pub fn lsm_probe(_ctx: LsmContext) -> i32 {
     }
     0
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-// GPL-compatible, for LSM hooks and GPL-only helpers: see Cargo.toml.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

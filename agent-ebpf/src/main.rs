@@ -14,6 +14,7 @@ mod guard;
 mod layout;
 mod lsm;
 mod maps;
+mod object;
 mod record;
 mod sock_addr;
 mod tagging;
@@ -269,14 +270,3 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         Ok(v) | Err(v) => v,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-// GPL-compatible, for LSM hooks and GPL-only helpers: see Cargo.toml.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
