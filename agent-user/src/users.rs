@@ -14,13 +14,10 @@ fn lookup(uid: u32) -> Option<User> {
     }
 }
 
-/// The user's name, or `uid:N` for a uid the database does not know.
-pub fn name(uid: u32) -> String {
-    lookup(uid).map_or_else(|| format!("uid:{uid}"), |u| u.name)
-}
-
-pub fn home(uid: u32) -> Option<PathBuf> {
-    lookup(uid).map(|u| u.dir)
+/// The user's name (`uid:N` for a uid the database does not know) and
+/// home, from one look-up.
+pub fn name_and_home(uid: u32) -> (String, Option<PathBuf>) {
+    lookup(uid).map_or_else(|| (format!("uid:{uid}"), None), |u| (u.name, Some(u.dir)))
 }
 
 #[cfg(test)]
@@ -29,10 +26,14 @@ mod tests {
 
     #[test]
     fn root_is_known_and_unknown_uids_are_named_by_number() {
-        assert_eq!(name(0), "root");
-        assert_eq!(home(0), Some(PathBuf::from("/root")));
+        assert_eq!(
+            name_and_home(0),
+            ("root".to_owned(), Some(PathBuf::from("/root")))
+        );
         // Far above any allocated range (and below the "invalid" -1).
-        assert_eq!(name(4_000_000_000), "uid:4000000000");
-        assert_eq!(home(4_000_000_000), None);
+        assert_eq!(
+            name_and_home(4_000_000_000),
+            ("uid:4000000000".to_owned(), None)
+        );
     }
 }

@@ -98,7 +98,7 @@ pub fn open(open: control::OpenSession, peer: &Peer, shared: &Shared) -> anyhow:
     let (start_ns, ppid) = procs::start_and_ppid(peer.pid)?;
     let requested_ttl = (open.ttl_secs > 0).then(|| Duration::from_secs(open.ttl_secs));
     // Outside the lock: the user database may be a network service.
-    let (own_name, own_home) = (users::name(peer.uid), users::home(peer.uid));
+    let (own_name, own_home) = users::name_and_home(peer.uid);
     let mut guard = shared.lock();
     let st = &mut *guard;
     // Opened from inside a session: a delegated session, judged by its own
