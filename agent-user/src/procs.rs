@@ -104,9 +104,9 @@ impl ProcessCache {
                 // entry each would grow the cache with every thread pool);
                 // a child already gone needs none (its records still
                 // queued start from its parent's entry all the same).
-                let thread = Path::new(&format!("/proc/{pid}/task/{child}")).exists();
-                let alive = Path::new(&format!("/proc/{child}")).exists();
-                if alive && !thread {
+                let new_process = !Path::new(&format!("/proc/{pid}/task/{child}")).exists()
+                    && Path::new(&format!("/proc/{child}")).exists();
+                if new_process {
                     let inherited = self.procs.get(&pid).cloned().unwrap_or_default();
                     self.procs.insert(
                         child,
@@ -309,9 +309,10 @@ pub fn signal_if(pid: u32, signal: i32, still_same: impl FnOnce() -> bool) -> io
 pub const MAX_HASHED: u64 = 1 << 30;
 
 /// SHA-256 of the image process `pid` runs, read through `/proc/PID/exe`
-/// (the file the kernel mapped, whatever its path now names) in bounded
-/// chunks. Refused unless the image is still the one exec'd at `expected`.
-pub fn exe_sha256(pid: u32, expected: &Path) -> io::Result<Vec<u8>> {
+/// (the file the kernel mapped, whatever its path now names) in 1 MiB
+/// chunks, at most `max` bytes ([`MAX_HASHED`] for the daemon). Refused
+/// unless the image is still the one exec'd at `expected`.
+pub fn exe_sha256(pid: u32, expected: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let link = format!("/proc/{pid}/exe");
     if fs::read_link(&link)? != expected {
@@ -321,15 +322,15 @@ pub fn exe_sha256(pid: u32, expected: &Path) -> io::Result<Vec<u8>> {
     }
     let file = fs::File::open(&link)?;
     let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > MAX_HASHED {
+    if !meta.is_file() || meta.len() > max {
         return Err(io::Error::other(format!(
-            "not a regular file of at most {MAX_HASHED} bytes ({} bytes)",
+            "not a regular file of at most {max} bytes ({} bytes)",
             meta.len()
         )));
     }
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut chunk = vec![0u8; 1 << 20];
-    let mut reader = file.take(MAX_HASHED);
+    let mut reader = file.take(max);
     loop {
         let n = reader.read(&mut chunk)?;
         if n == 0 {
@@ -384,6 +385,25 @@ mod tests {
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
         // Reaped: gone, whatever the check says.
         assert!(!signal_if(child.id(), libc::SIGKILL, || true).unwrap());
+    }
+
+    #[test]
+    fn the_image_is_hashed_within_its_bound() {
+        let mut child = sleeper();
+        let exe = fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+        let bytes = fs::read(&exe).unwrap();
+        let want = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let len = bytes.len() as u64;
+        assert_eq!(
+            exe_sha256(child.id(), &exe, len).unwrap(),
+            want.as_ref().to_vec()
+        );
+        // One byte past the bound: not read at all.
+        assert!(exe_sha256(child.id(), &exe, len - 1).is_err());
+        // Another image by now: refused.
+        assert!(exe_sha256(child.id(), Path::new("/bin/true"), MAX_HASHED).is_err());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

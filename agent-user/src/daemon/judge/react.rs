@@ -232,7 +232,7 @@ pub(super) fn note_agent(shared: &std::sync::Arc<Shared>, st: &mut State, ev: &E
     s.spec.agent_sha256.clear();
     let (shared, session, pid, exe) = (shared.clone(), s.id, ev.process.pid, path.clone());
     tokio::task::spawn_blocking(move || {
-        let hash = match procs::exe_sha256(pid, &exe) {
+        let hash = match procs::exe_sha256(pid, &exe, procs::MAX_HASHED) {
             Ok(h) => h,
             Err(e) => {
                 log::warn!(
