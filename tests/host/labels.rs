@@ -180,13 +180,7 @@ fn a_label_the_kernel_set_survives_a_reload_that_renumbers_the_labels() {
 
     a_in.write_all(b"go\n").unwrap();
     let out = a.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("read=0"), "{text}");
-    assert!(
-        text.contains("errno=1"),
-        "the connect after the key read went through: {text}\n{}",
-        d.log()
-    );
+    assert_connect_refused_after_key_read(&out, &d.log());
     drop(b_in);
     let _ = b.wait_with_output();
 }

@@ -268,3 +268,14 @@ pub fn python() -> String {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A session's output says it read the key (`read=0`) and its connect
+/// after that was refused (`errno=1`).
+pub fn assert_connect_refused_after_key_read(out: &Output, log: &str) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("read=0"), "{text}");
+    assert!(
+        text.contains("errno=1"),
+        "the connect after the key read went through: {text}\n{log}"
+    );
+}

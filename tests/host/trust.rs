@@ -433,3 +433,21 @@ fn one_user_cannot_hold_every_connection() {
         let _ = c.wait();
     }
 }
+
+#[test]
+fn an_idle_connection_is_closed() {
+    use std::io::Read;
+    let d = Daemon::start(&[]);
+    let mut idle = UnixStream::connect(&d.socket).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = Instant::now();
+    // The daemon hangs up on a caller that sends nothing: the read ends.
+    let n = idle.read(&mut [0u8; 16]).unwrap();
+    assert_eq!(n, 0, "the daemon wrote to an idle connection");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(25)..Duration::from_secs(50)).contains(&waited),
+        "closed after {waited:?}, not the 30 s idle timeout"
+    );
+}
