@@ -35,6 +35,11 @@ pub enum EventKind {
     /// A tagged process went for the guard itself (signal, ptrace, bpf());
     /// the path says which.
     Guard = 6,
+    /// A change to the file system other than an open: `arg1` is the
+    /// [`FileOp`], the path is the object (rename, link: the source), and
+    /// `data[PATH_MAX..][..argv_len]` holds the second path, if any (rename,
+    /// link: the new name; symlink: the link's contents as written).
+    Change = 7,
 }
 
 impl EventKind {
@@ -46,8 +51,69 @@ impl EventKind {
             4 => Self::Fork,
             5 => Self::Exit,
             6 => Self::Guard,
+            7 => Self::Change,
             _ => return None,
         })
+    }
+}
+
+/// The change an [`EventKind::Change`] record reports (its `arg1`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// Both ends are judged: the source is written (it goes away), the new
+    /// name is written and created.
+    Rename = 1,
+    /// A new name for an existing file: the file is judged as read and
+    /// written (the link reaches it), the new name as created.
+    Link = 2,
+    /// The new name is created; its contents are not judged.
+    Symlink = 3,
+    Unlink = 4,
+    Rmdir = 5,
+    Mkdir = 6,
+    Mknod = 7,
+    Truncate = 8,
+    Chmod = 9,
+    Chown = 10,
+}
+
+impl FileOp {
+    pub const ALL: [FileOp; 10] = [
+        FileOp::Rename,
+        FileOp::Link,
+        FileOp::Symlink,
+        FileOp::Unlink,
+        FileOp::Rmdir,
+        FileOp::Mkdir,
+        FileOp::Mknod,
+        FileOp::Truncate,
+        FileOp::Chmod,
+        FileOp::Chown,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| *op as u32 == v)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FileOp::Rename => "rename",
+            FileOp::Link => "link",
+            FileOp::Symlink => "symlink",
+            FileOp::Unlink => "unlink",
+            FileOp::Rmdir => "rmdir",
+            FileOp::Mkdir => "mkdir",
+            FileOp::Mknod => "mknod",
+            FileOp::Truncate => "truncate",
+            FileOp::Chmod => "chmod",
+            FileOp::Chown => "chown",
+        }
+    }
+
+    /// Whether the record carries a second path.
+    pub const fn has_second_path(self) -> bool {
+        matches!(self, FileOp::Rename | FileOp::Link | FileOp::Symlink)
     }
 }
 
@@ -63,16 +129,19 @@ pub enum Hook {
     /// Attempts on the guard or on the session's confinement
     /// ([`EventKind::Guard`]), whichever hook caught them.
     Guard = 5,
+    /// Changes to the file system other than opens ([`EventKind::Change`]).
+    Change = 6,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 7] = [
         Hook::Exec,
         Hook::Open,
         Hook::Connect,
         Hook::Fork,
         Hook::Exit,
         Hook::Guard,
+        Hook::Change,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -83,6 +152,7 @@ impl Hook {
             Hook::Fork => "fork",
             Hook::Exit => "exit",
             Hook::Guard => "guard",
+            Hook::Change => "change",
         }
     }
 }
@@ -152,7 +222,9 @@ pub struct EventHeader {
     pub verdict: u8,
     /// One of `ENFORCED_*`: what the kernel did with the verdict.
     pub enforced: u8,
-    pub _pad0: [u8; 2],
+    /// `PATH_*` bits: how the path was found.
+    pub path_flags: u8,
+    pub _pad0: u8,
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
@@ -185,6 +257,14 @@ pub struct EventHeader {
     /// connect: the IPv4 (first 4 bytes) or IPv6 address.
     pub addr: [u8; 16],
 }
+
+/// The path is the file the call reached, resolved by the kernel (a walk
+/// of its dentries and mounts, or `bpf_d_path`): symlinks, `..` and
+/// descriptors already followed.
+pub const PATH_RESOLVED: u8 = 1;
+/// The kernel's walk stopped before the root (too deep, or a detached
+/// mount): the path is only its last components, and was not judged.
+pub const PATH_PARTIAL: u8 = 2;
 
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
@@ -471,6 +551,33 @@ pub struct KernelLayout {
     /// file on bpffs).
     pub inode_i_sb: u32,
     pub sb_s_magic: u32,
+    // The path walk (agent-ebpf's resolve.rs): from a (mount, dentry) pair
+    // up to the process's root, as the kernel's d_path does.
+    /// `path.mnt` and `path.dentry`.
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    /// `dentry.d_parent` and `dentry.d_name` (a `struct qstr`: the length
+    /// in the upper half of its first u64, then the name pointer).
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    /// `mount.mnt` (the `vfsmount` inside it), `.mnt_parent` and
+    /// `.mnt_mountpoint`; `vfsmount.mnt_root`.
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+    /// `task_struct.fs`, `fs_struct.root` and `.pwd`.
+    pub task_fs: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.max_fds` and
+    /// `.fd`: from a descriptor to its `struct file`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    /// `mm_struct.exe_file`: the image an exec loaded.
+    pub mm_exe_file: u32,
 }
 
 // ---- the decision test harness (agent-ebpf's `decide-test` object) -----

@@ -16,6 +16,22 @@ static LAYOUT: KernelLayout = KernelLayout {
     task_tgid: 0,
     inode_i_sb: 0,
     sb_s_magic: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    vfsmount_mnt_root: 0,
+    task_fs: 0,
+    fs_root: 0,
+    fs_pwd: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    mm_exe_file: 0,
 };
 
 #[inline(always)]

@@ -42,7 +42,8 @@ impl Record {
         h.kind = kind as u32;
         h.verdict = Verdict::None as u8;
         h.enforced = ENFORCED_NONE;
-        h._pad0 = [0; 2];
+        h.path_flags = 0;
+        h._pad0 = 0;
         h.pid = (pid_tgid >> 32) as u32;
         h.tid = pid_tgid as u32;
         h.ppid = tag.ppid;

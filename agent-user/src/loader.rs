@@ -175,6 +175,22 @@ pub fn kernel_layout() -> Result<KernelLayout, LoadError> {
         task_tgid: member("task_struct", "tgid")?,
         inode_i_sb: member("inode", "i_sb")?,
         sb_s_magic: member("super_block", "s_magic")?,
+        path_mnt: member("path", "mnt")?,
+        path_dentry: member("path", "dentry")?,
+        dentry_d_parent: member("dentry", "d_parent")?,
+        dentry_d_name: member("dentry", "d_name")?,
+        mount_mnt: member("mount", "mnt")?,
+        mount_mnt_parent: member("mount", "mnt_parent")?,
+        mount_mnt_mountpoint: member("mount", "mnt_mountpoint")?,
+        vfsmount_mnt_root: member("vfsmount", "mnt_root")?,
+        task_fs: member("task_struct", "fs")?,
+        fs_root: member("fs_struct", "root")?,
+        fs_pwd: member("fs_struct", "pwd")?,
+        task_files: member("task_struct", "files")?,
+        files_fdt: member("files_struct", "fdt")?,
+        fdt_max_fds: member("fdtable", "max_fds")?,
+        fdt_fd: member("fdtable", "fd")?,
+        mm_exe_file: member("mm_struct", "exe_file")?,
     })
 }
 
