@@ -12,6 +12,8 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     cty::c_void,
     helpers::{bpf_loop, bpf_probe_read_kernel_buf},
+    macros::map,
+    maps::PerCpuArray,
 };
 
 use crate::maps::{
@@ -185,28 +187,45 @@ impl Walk {
     }
 
     /// Runs the walk: one step per layer.
-    fn run(mut self) -> Judgement {
+    fn run(self) -> Judgement {
+        let Some(slot) = LAYER_WALK.get_ptr_mut(0) else {
+            return Judgement::NONE;
+        };
+        // SAFETY: this CPU's scratch slot; the steps below use it in turn.
+        unsafe { *slot = self };
         // Layers are judged under bpf_loop: the verifier checks the step
         // once, where unrolling chain × layers × slots × look-ups for every
-        // access of an open exceeds its 1M-instruction budget.
-        // SAFETY: the callback gets `self` back and nothing else.
+        // access of an open exceeds its 1M-instruction budget. The walk's
+        // state is in a map, not on the stack, so that the verifier (which
+        // checks a callback again for as long as the state it is given
+        // changes) sees one state, not each verdict reached so far.
+        // SAFETY: the callback takes no context.
         unsafe {
             bpf_loop(
                 (MAX_CHAIN * 2) as u32,
                 layer_step as *mut c_void,
-                (&mut self as *mut Walk).cast(),
+                core::ptr::null_mut(),
                 0,
             )
         };
-        Judgement::of(Verdict::from_u8(self.verdict), self.rule)
+        // SAFETY: as above.
+        let w = unsafe { &*slot };
+        Judgement::of(Verdict::from_u8(w.verdict), w.rule)
     }
 }
 
+/// The [`Walk`] in progress on this CPU.
+#[map]
+static LAYER_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
 /// Step `i` of a [`Walk`]: layer `i % 2` (rules, tool call) of the session
 /// at level `i / 2` of the chain.
-extern "C" fn layer_step(i: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the caller's `Walk`.
-    let w = unsafe { &mut *(ctx as *mut Walk) };
+extern "C" fn layer_step(i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(w) = LAYER_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot, set by `Walk::run`.
+    let w = unsafe { &mut *w };
     if w.current == 0 {
         return 1;
     }

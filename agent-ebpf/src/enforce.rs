@@ -2,7 +2,7 @@
 //! kill; a cgroup hook and an LSM hook can refuse.
 use agent_common::{
     AF_INET, AF_INET6, AF_UNIX, Access, ENFORCED_KILLED, ENFORCED_NONE, ENFORCED_REFUSED,
-    EnforceConfig, MODE_FALLBACK, Verdict,
+    EnforceConfig, FileOp, MODE_FALLBACK, Verdict,
 };
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_send_signal};
 
@@ -15,7 +15,7 @@ use crate::{
 const SIGKILL: u32 = 9;
 pub const EPERM: i32 = 1;
 
-use agent_common::abi::{O_ACCMODE, O_CREAT, O_RDWR, O_TRUNC, O_WRONLY};
+use agent_common::abi::{O_ACCMODE, O_CREAT, O_TRUNC, O_WRONLY};
 
 /// Fallback: a blocking verdict at a syscall tracepoint is a SIGKILL — the
 /// call itself still runs, but the process never sees its result.
@@ -47,15 +47,52 @@ pub fn kill_current() {
 
 /// Every access the open flags ask for, strongest verdict first.
 pub fn judge_open(session: &Session, flags: i64, path: &[u8], len: usize) -> Judgement {
-    let acc = flags & O_ACCMODE;
+    // Which accesses, as 0/1 by arithmetic rather than by branches: each
+    // branch on the flags would have the verifier check the look-ups below
+    // once more per way of reaching them (over its budget at the open's
+    // exit, where the flags are any value).
+    let flags = flags as u64;
+    let acc = flags & O_ACCMODE as u64;
+    // O_RDONLY (0), O_RDWR (2) and the odd 3 read; O_WRONLY (1) does not.
+    let read = (((acc ^ O_WRONLY as u64) + 3) >> 2) & 1;
+    // O_WRONLY and O_RDWR write, and so does O_TRUNC with any mode.
+    let write = (((acc + 1) >> 1) & 1) | ((flags >> O_TRUNC.trailing_zeros()) & 1);
+    let create = (flags >> O_CREAT.trailing_zeros()) & 1;
     let mut j = Judgement::NONE;
-    if acc != O_WRONLY {
+    if read != 0 {
         j.merge(&session.path(Access::Read, path, len));
     }
-    if acc == O_WRONLY || acc == O_RDWR || flags & O_TRUNC != 0 {
+    if write != 0 {
         j.merge(&session.path(Access::Write, path, len));
     }
-    if flags & O_CREAT != 0 {
+    if create != 0 {
+        j.merge(&session.path(Access::Create, path, len));
+    }
+    j
+}
+
+/// The verdict on one end of a file change (the path in the record):
+/// `second` is a rename's or link's new name. The same accesses as the
+/// daemon's engine asks for (agent-policy's `change_access`).
+pub fn judge_change(session: &Session, op: FileOp, second: bool, path: &[u8], len: usize) -> Judgement {
+    let (read, write, create) = match (op, second) {
+        (FileOp::Rename, false) => (false, true, false),
+        (FileOp::Rename, true) => (false, true, true),
+        // A new name for a file reaches it: read and write, as if opened.
+        (FileOp::Link, false) => (true, true, false),
+        (FileOp::Link | FileOp::Symlink | FileOp::Mkdir | FileOp::Mknod, _) => (false, false, true),
+        (FileOp::Unlink | FileOp::Rmdir | FileOp::Truncate | FileOp::Chmod | FileOp::Chown, _) => {
+            (false, true, false)
+        }
+    };
+    let mut j = Judgement::NONE;
+    if read {
+        j.merge(&session.path(Access::Read, path, len));
+    }
+    if write {
+        j.merge(&session.path(Access::Write, path, len));
+    }
+    if create {
         j.merge(&session.path(Access::Create, path, len));
     }
     j

@@ -114,3 +114,39 @@ pub fn sys_enter_chroot(_ctx: TracePointContext) -> u32 {
 pub fn sys_enter_pivot_root(_ctx: TracePointContext) -> u32 {
     kill_escape(b"pivot_root", false)
 }
+
+// ---- ways around the file hooks ----------------------------------------
+//
+// io_uring submits opens, connects and renames from a kernel worker that
+// no syscall tracepoint sees, and open_by_handle_at opens a file with no
+// path at all. LSM mode judges their opens at `file_open` (and their
+// connects at `socket_connect`), so only fallback mode refuses them.
+// open_tree(OPEN_TREE_CLONE) and the new mount API make a detached copy of
+// a tree whose files then read as `/name`: refused in both modes (no LSM
+// hook sees a clone).
+
+const OPEN_TREE_CLONE: u64 = 1;
+
+#[tracepoint]
+pub fn sys_enter_io_uring_setup(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"io_uring_setup", true)
+}
+
+#[tracepoint]
+pub fn sys_enter_open_by_handle_at(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"open_by_handle_at", true)
+}
+
+#[tracepoint]
+pub fn sys_enter_open_tree(ctx: TracePointContext) -> u32 {
+    // open_tree(int dfd, const char *filename, unsigned int flags)
+    if arg(&ctx, 2) & OPEN_TREE_CLONE == 0 {
+        return 0;
+    }
+    kill_escape(b"open_tree:clone", false)
+}
+
+#[tracepoint]
+pub fn sys_enter_fsopen(_ctx: TracePointContext) -> u32 {
+    kill_escape(b"fsopen", false)
+}

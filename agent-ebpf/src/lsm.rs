@@ -2,7 +2,9 @@
 //! happens, and a refusal is an EPERM the process sees. They judge resolved
 //! objects (the file's own path via bpf_d_path), so symlinks, `..`, `//` and
 //! `/proc/self/root` name the file they reach.
-use agent_common::{Access, ENFORCED_NONE, EventKind, Hook, MODE_LSM, PATH_MAX, ProcTag};
+use agent_common::{
+    Access, ENFORCED_NONE, EventKind, FileOp, Hook, MODE_LSM, PATH_MAX, ProcTag,
+};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_d_path, bpf_probe_read_kernel},
@@ -11,11 +13,12 @@ use aya_ebpf::{
 };
 
 use crate::{
+    change,
     decide::{self, Judgement, Session},
     enforce::{self, EPERM},
     guard, layout,
     record::Record,
-    tagging,
+    resolve, tagging,
 };
 
 /// Argument `n` of the hook, read at a literal offset of the context (an
@@ -369,4 +372,120 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
         return guard::refuse(&tag, b"unlink:bpffs");
     }
     0
+}
+
+// ---- changes to the file system other than opens (change.rs) -----------
+//
+// The dentry of a name to be created is negative but already hashed under
+// its directory, so the walk from it gives the new path.
+
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    // path_rename(const struct path *old_dir, struct dentry *old_dentry,
+    //             const struct path *new_dir, struct dentry *new_dentry,
+    //             unsigned int flags)
+    let Some(tag) = change_caller(lsm_arg!(ctx, 5)) else {
+        return 0;
+    };
+    let (old_dir, old) = (lsm_arg!(ctx, 0) as *const u8, lsm_arg!(ctx, 1) as *const u8);
+    let (new_dir, new) = (lsm_arg!(ctx, 2) as *const u8, lsm_arg!(ctx, 3) as *const u8);
+    change::judge(&tag, FileOp::Rename, |rec, second| {
+        let (dir, dentry) = if second { (new_dir, new) } else { (old_dir, old) };
+        // SAFETY: the hook's arguments.
+        unsafe { resolve::dentry_into_record(rec, dir, dentry) };
+    })
+}
+
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    // path_link(struct dentry *old_dentry, const struct path *new_dir,
+    //           struct dentry *new_dentry)
+    let Some(tag) = change_caller(lsm_arg!(ctx, 3)) else {
+        return 0;
+    };
+    let (old, new_dir, new) = (
+        lsm_arg!(ctx, 0) as *const u8,
+        lsm_arg!(ctx, 1) as *const u8,
+        lsm_arg!(ctx, 2) as *const u8,
+    );
+    change::judge(&tag, FileOp::Link, |rec, second| {
+        // A hard link stays on one mount: the source is on new_dir's.
+        let dentry = if second { new } else { old };
+        // SAFETY: the hook's arguments.
+        unsafe { resolve::dentry_into_record(rec, new_dir, dentry) };
+    })
+}
+
+#[lsm(hook = "path_symlink")]
+pub fn path_symlink(ctx: LsmContext) -> i32 {
+    // path_symlink(const struct path *dir, struct dentry *dentry,
+    //              const char *old_name)
+    let Some(tag) = change_caller(lsm_arg!(ctx, 3)) else {
+        return 0;
+    };
+    let (dir, dentry, contents) = (
+        lsm_arg!(ctx, 0) as *const u8,
+        lsm_arg!(ctx, 1) as *const u8,
+        lsm_arg!(ctx, 2) as *const u8,
+    );
+    change::judge(&tag, FileOp::Symlink, |rec, second| {
+        // SAFETY: the hook's arguments (the contents are a kernel copy).
+        unsafe {
+            if second {
+                rec.read_kernel_path(contents);
+            } else {
+                resolve::dentry_into_record(rec, dir, dentry);
+            }
+        }
+    })
+}
+
+/// A hook on a name in a directory: `(const struct path *dir, struct dentry
+/// *dentry, …)`, the previous LSM's answer at argument `previous`.
+macro_rules! dir_entry_hook {
+    ($name:ident, $hook:literal, $op:expr, $previous:tt) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            let Some(tag) = change_caller(lsm_arg!(ctx, $previous)) else {
+                return 0;
+            };
+            let (dir, dentry) = (lsm_arg!(ctx, 0) as *const u8, lsm_arg!(ctx, 1) as *const u8);
+            change::judge(&tag, $op, |rec, _| {
+                // SAFETY: the hook's arguments.
+                unsafe { resolve::dentry_into_record(rec, dir, dentry) };
+            })
+        }
+    };
+}
+
+/// A hook on a file by its path: `(const struct path *path, …)`.
+macro_rules! path_hook {
+    ($name:ident, $hook:literal, $op:expr, $previous:tt) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            let Some(tag) = change_caller(lsm_arg!(ctx, $previous)) else {
+                return 0;
+            };
+            let path = lsm_arg!(ctx, 0) as *const u8;
+            change::judge(&tag, $op, |rec, _| {
+                // SAFETY: the hook's argument.
+                unsafe { resolve::into_record(rec, path) };
+            })
+        }
+    };
+}
+
+dir_entry_hook!(path_unlink, "path_unlink", FileOp::Unlink, 2);
+dir_entry_hook!(path_rmdir, "path_rmdir", FileOp::Rmdir, 2);
+dir_entry_hook!(path_mkdir, "path_mkdir", FileOp::Mkdir, 3);
+dir_entry_hook!(path_mknod, "path_mknod", FileOp::Mknod, 4);
+path_hook!(path_truncate, "path_truncate", FileOp::Truncate, 1);
+path_hook!(path_chmod, "path_chmod", FileOp::Chmod, 2);
+path_hook!(path_chown, "path_chown", FileOp::Chown, 3);
+
+/// The tag of a tagged caller when LSM mode is on, unless a previous LSM
+/// already refused.
+#[inline(always)]
+fn change_caller(previous: u64) -> Option<ProcTag> {
+    caller(previous).map(|(tag, _)| tag)
 }

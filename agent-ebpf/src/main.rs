@@ -8,6 +8,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod change;
 mod decide;
 mod enforce;
 mod guard;
@@ -16,20 +17,25 @@ mod lsm;
 mod maps;
 mod object;
 mod record;
+mod resolve;
 mod sock_addr;
 mod tagging;
 
 use agent_common::{
-    Access, ENFORCED_NONE, ENFORCED_REFUSED, EventKind, Hook, MODE_FALLBACK, MODE_LSM, Verdict,
+    Access, ENFORCED_NONE, ENFORCED_REFUSED, EventKind, Hook, MODE_FALLBACK, MODE_LSM,
+    PATH_RESOLVED, Verdict,
 };
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 
-use crate::record::Record;
+use crate::{decide::Judgement, maps::OPEN_FLAGS, record::Record};
 
 /// Offsets of syscall arguments in a `syscalls:sys_enter_*` record: the
 /// common header, `__syscall_nr`, padding, then one 8-byte slot per
@@ -59,10 +65,13 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     let l = layout::get();
     let mut rec = Record::begin(Hook::Exec, EventKind::Exec, &tag)?;
     rec.header().arg0 = AT_FDCWD;
+    // SAFETY: offsets from this kernel's tracefs format.
+    let filename = unsafe {
+        let loc: u32 = ctx.read_at(l.exec_filename as usize).map_err(|_| 0u32)?;
+        (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize)
+    };
     // SAFETY: offsets from this kernel's tracefs format and BTF.
     unsafe {
-        let loc: u32 = ctx.read_at(l.exec_filename as usize).map_err(|_| 0u32)?;
-        let filename = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
         rec.read_kernel_path(filename);
         let task = bpf_get_current_task() as *const u8;
         if let Ok(mm) = bpf_probe_read_kernel(task.add(l.task_mm as usize) as *const *const u8) {
@@ -79,16 +88,32 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         if let Some(j) = enforce::take_exec_verdict() {
             rec.judge(&j, ENFORCED_NONE);
         }
-    } else if cfg.mode == MODE_FALLBACK {
-        if let Some(session) = decide::session(tag.session) {
-            let (path, len) = rec.path();
-            if decide::is_plain_absolute(path, len) {
-                let j = session.path(Access::Exec, path, len);
-                let enforced = enforce::at_tracepoint(&cfg, &j);
-                session.commit(&j);
-                rec.judge(&j, enforced);
+    } else if cfg.mode == MODE_FALLBACK
+        && let Some(session) = decide::session(tag.session)
+    {
+        // The image the kernel loaded, by its own path (a symlink, a
+        // relative name or /proc/self/exe reach the real file), and, for a
+        // script, the path it was run by (which names the script, while the
+        // image is its interpreter) when that path says what it names.
+        let mut j = Judgement::NONE;
+        if let Some(file) = resolve::exe_file() {
+            // SAFETY: the new image's `struct file`.
+            unsafe { resolve::into_record(&mut rec, resolve::path_of_file(file)) };
+            if rec.header().path_flags == PATH_RESOLVED {
+                let (path, len) = rec.path();
+                j.merge(&session.path(Access::Exec, path, len));
             }
         }
+        // SAFETY: as above.
+        unsafe { rec.read_kernel_path(filename) };
+        rec.header().path_flags = 0;
+        let (path, len) = rec.path();
+        if decide::is_plain_absolute(path, len) {
+            j.merge(&session.path(Access::Exec, path, len));
+        }
+        let enforced = enforce::at_tracepoint(&cfg, &j);
+        session.commit(&j);
+        rec.judge(&j, enforced);
     }
     rec.emit(Hook::Exec);
     Ok(0)
@@ -96,12 +121,10 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
 
 // ---- open ---------------------------------------------------------------
 
-/// Where each open-family syscall keeps its arguments.
+/// Where an open-family syscall keeps its flags (openat2: in `struct
+/// open_how`, whose first u64 they are).
 struct OpenArgs {
-    dirfd: Option<usize>,
-    path: usize,
     flags: Option<usize>,
-    mode: Option<usize>,
 }
 
 use agent_common::abi::{AT_FDCWD, O_CREAT, O_TRUNC, O_WRONLY};
@@ -109,12 +132,7 @@ const O_WRONLY_CREAT_TRUNC: i64 = O_WRONLY | O_CREAT | O_TRUNC;
 
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    let args = OpenArgs {
-        dirfd: Some(0),
-        path: 1,
-        flags: Some(2),
-        mode: Some(3),
-    };
+    let args = OpenArgs { flags: Some(2) };
     match try_open(&ctx, &args, false) {
         Ok(v) | Err(v) => v,
     }
@@ -122,14 +140,8 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    // openat2(dfd, path, struct open_how *how, size): flags and mode are the
-    // first two u64 of open_how.
-    let args = OpenArgs {
-        dirfd: Some(0),
-        path: 1,
-        flags: None,
-        mode: None,
-    };
+    // openat2(dfd, path, struct open_how *how, size)
+    let args = OpenArgs { flags: None };
     match try_open(&ctx, &args, true) {
         Ok(v) | Err(v) => v,
     }
@@ -137,12 +149,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    let args = OpenArgs {
-        dirfd: None,
-        path: 0,
-        flags: Some(1),
-        mode: Some(2),
-    };
+    let args = OpenArgs { flags: Some(1) };
     match try_open(&ctx, &args, false) {
         Ok(v) | Err(v) => v,
     }
@@ -150,62 +157,105 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    let args = OpenArgs {
-        dirfd: None,
-        path: 0,
-        flags: None,
-        mode: Some(1),
-    };
+    let args = OpenArgs { flags: None };
     match try_open(&ctx, &args, false) {
         Ok(v) | Err(v) => v,
     }
 }
 
+/// Entry: keep the flags for the exit, where the opened file is judged.
+/// The path as written says nothing certain (a relative name, `..`, a
+/// symlink, `/proc/self/fd/N/…`); the file the kernel reached does.
 fn try_open(ctx: &TracePointContext, args: &OpenArgs, how: bool) -> Result<u32, u32> {
-    let Some(tag) = tagging::lookup_current() else {
-        return Ok(0);
-    };
-    let cfg = decide::config();
-    if cfg.mode == MODE_LSM {
-        // file_open reports opens with the resolved path.
+    if tagging::lookup_current().is_none() || decide::config().mode != MODE_FALLBACK {
+        // LSM mode: file_open judges opens with the resolved path.
         return Ok(0);
     }
-    let mut rec = Record::begin(Hook::Open, EventKind::Open, &tag)?;
     // SAFETY: offsets are those of the matching sys_enter_* record.
-    unsafe {
-        let h = rec.header();
-        h.arg0 = match args.dirfd {
-            Some(i) => ctx.read_at::<i64>(syscall_arg(i)).unwrap_or(AT_FDCWD) as i32 as i64,
-            None => AT_FDCWD,
-        };
-        h.arg1 = match args.flags {
+    let flags = unsafe {
+        let mut flags = match args.flags {
             Some(i) => ctx.read_at::<i64>(syscall_arg(i)).unwrap_or(0),
             None => O_WRONLY_CREAT_TRUNC,
         };
-        if let Some(i) = args.mode {
-            h.arg2 = ctx.read_at::<i64>(syscall_arg(i)).unwrap_or(0);
-        }
         if how {
-            let how_ptr: *const [u64; 2] = ctx.read_at(syscall_arg(2)).map_err(|_| 0u32)?;
-            if let Ok([flags, mode]) = bpf_probe_read_user(how_ptr) {
-                h.arg1 = flags as i64;
-                h.arg2 = mode as i64;
+            let how_ptr: *const u64 = ctx.read_at(syscall_arg(2)).map_err(|_| 0u32)?;
+            if let Ok(f) = bpf_probe_read_user(how_ptr) {
+                flags = f as i64;
             }
         }
-        let path: *const u8 = ctx.read_at(syscall_arg(args.path)).map_err(|_| 0u32)?;
-        rec.read_path(path);
+        flags
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = OPEN_FLAGS.insert(&tid, &flags, 0);
+    Ok(0)
+}
+
+/// `ret` of a `syscalls:sys_exit_*` record: after the common header and
+/// `__syscall_nr` (stable ABI, like the entry records).
+const SYSCALL_RET: usize = 16;
+
+#[tracepoint]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    match try_open_exit(&ctx) {
+        Ok(v) | Err(v) => v,
     }
-    if cfg.mode == MODE_FALLBACK
+}
+
+#[tracepoint]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    match try_open_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    match try_open_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
+    match try_open_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Exit: judge the file the call opened, by the path the kernel reaches it
+/// by, and kill before the process returns to see the descriptor. A call
+/// that opened nothing is not reported (as in LSM mode, where `file_open`
+/// never runs for it).
+fn try_open_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    let Some(tag) = tagging::lookup_current() else {
+        return Ok(0);
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copied out at once.
+    let Some(flags) = (unsafe { OPEN_FLAGS.get(&tid) }).copied() else {
+        return Ok(0);
+    };
+    let _ = OPEN_FLAGS.remove(&tid);
+    // SAFETY: the exit record's return value.
+    let fd: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.map_err(|_| 0u32)?;
+    let Some(file) = resolve::file_of_fd(fd) else {
+        return Ok(0);
+    };
+    let mut rec = Record::begin(Hook::Open, EventKind::Open, &tag)?;
+    let h = rec.header();
+    h.arg0 = AT_FDCWD;
+    h.arg1 = flags;
+    // SAFETY: a `struct file` of this process's descriptor table.
+    unsafe { resolve::into_record(&mut rec, resolve::path_of_file(file)) };
+    let cfg = decide::config();
+    if rec.header().path_flags == PATH_RESOLVED
         && let Some(session) = decide::session(tag.session)
     {
-        let flags = rec.header().arg1;
         let (path, len) = rec.path();
-        if decide::is_plain_absolute(path, len) {
-            let j = enforce::judge_open(&session, flags, path, len);
-            let enforced = enforce::at_tracepoint(&cfg, &j);
-            session.commit(&j);
-            rec.judge(&j, enforced);
-        }
+        let j = enforce::judge_open(&session, flags, path, len);
+        let enforced = enforce::at_tracepoint(&cfg, &j);
+        session.commit(&j);
+        rec.judge(&j, enforced);
     }
     rec.emit(Hook::Open);
     Ok(0)

@@ -1,7 +1,7 @@
 //! The maps shared with the daemon. Names are the daemon's contract: it finds
 //! them by these names in the object and pins them under /sys/fs/bpf/agentgate.
 use agent_common::{
-    COUNTERS_LEN, EnforceConfig, EventBuf, NetRuleKey, PathRuleKey, ProcTag, RuleEntry, SessionId,
+    COUNTERS_LEN, EnforceConfig, PATH_MAX, EventBuf, NetRuleKey, PathRuleKey, ProcTag, RuleEntry, SessionId,
     SessionPolicy,
 };
 use aya_ebpf::{
@@ -77,6 +77,38 @@ pub struct RuleKeys {
     pub suffix: Key<PathRuleKey>,
     pub net: Key<NetRuleKey>,
 }
+
+/// The path walk's state and room (resolve.rs).
+#[map]
+pub static WALK_SCRATCH: PerCpuArray<PathWalk> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct PathWalk {
+    pub state: WalkState,
+    /// The path is built backwards from `PATH_MAX`; a name's worth of
+    /// slack after it lets the verifier see every write inside.
+    pub buf: [u8; 2 * PATH_MAX],
+}
+
+/// Where a walk is: the current (mount, dentry), the process's root where
+/// it stops (as `d_path` does for a chrooted process or a container), the
+/// path so far (`buf[off..PATH_MAX]`) and whether it is done (0: walking;
+/// 1: at the root; 2: gave up, too long; 3: not in the tree at all).
+/// Kernel addresses are kept as integers (a map value must be `Sync`).
+#[repr(C)]
+pub struct WalkState {
+    pub mount: u64,
+    pub dentry: u64,
+    pub root_mnt: u64,
+    pub root_dentry: u64,
+    pub off: u64,
+    pub done: u64,
+}
+
+/// Fallback mode: tid → the flags of an open in flight, from the syscall's
+/// entry to its exit (where the file it opened is judged).
+#[map]
+pub static OPEN_FLAGS: LruHashMap<u32, i64> = LruHashMap::with_max_entries(16384, 0);
 
 /// LSM mode: tid → verdict (low byte) and rule (high half) of an exec that
 /// `bprm_check_security` let through, for `sched_process_exec` to report.

@@ -8,7 +8,7 @@ use agent_common::{
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read, bpf_probe_read_buf,
-    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+    bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
 };
 
 use crate::{
@@ -129,6 +129,27 @@ impl Record {
         };
     }
 
+    /// Sets the path's length and flags after `resolve` wrote it.
+    pub fn set_resolved_path(&mut self, len: usize, flags: u8) {
+        let h = self.header();
+        h.path_len = (len & (PATH_MAX - 1)) as u16;
+        h.path_flags = flags;
+    }
+
+    /// Moves the path (as judged) to the second-path area, where a change
+    /// record keeps its other end, cut to what that area holds.
+    pub fn keep_as_second_path(&mut self) {
+        let len = self.header().path_len as usize;
+        let n = if len < ARGV_MAX { len } else { ARGV_MAX - 1 } & (ARGV_MAX - 1);
+        let data = self.data();
+        let (path, rest) = data.split_at_mut(PATH_MAX);
+        if let (Some(src), Some(dest)) = (path.get(..), rest.get_mut(..n)) {
+            // SAFETY: both are this CPU's scratch slot; `n` bytes.
+            let _ = unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), dest) };
+        }
+        self.header().argv_len = n as u16;
+    }
+
     /// Copies `len` bytes of the user argv block (NUL-separated) after the
     /// path area.
     ///
@@ -214,7 +235,7 @@ impl Record {
     /// Sends the header and the used part of the data; counts the outcome.
     pub fn emit(mut self, hook: Hook) {
         let h = *self.header();
-        let used = if h.kind == EventKind::Exec as u32 {
+        let used = if h.kind == EventKind::Exec as u32 || h.kind == EventKind::Change as u32 {
             PATH_MAX + h.argv_len as usize
         } else {
             h.path_len as usize

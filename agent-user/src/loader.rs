@@ -32,10 +32,38 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exit", "sched", "sched_process_exit"),
     ("sched_process_exec", "sched", "sched_process_exec"),
+    // Opens: the flags at entry, the opened file judged at exit.
     ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
     ("sys_enter_open", "syscalls", "sys_enter_open"),
     ("sys_enter_creat", "syscalls", "sys_enter_creat"),
+    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
+    ("sys_exit_open", "syscalls", "sys_exit_open"),
+    ("sys_exit_creat", "syscalls", "sys_exit_creat"),
+    // Other changes to files (change.rs).
+    ("sys_enter_renameat2", "syscalls", "sys_enter_renameat2"),
+    ("sys_enter_renameat", "syscalls", "sys_enter_renameat"),
+    ("sys_enter_rename", "syscalls", "sys_enter_rename"),
+    ("sys_enter_linkat", "syscalls", "sys_enter_linkat"),
+    ("sys_enter_link", "syscalls", "sys_enter_link"),
+    ("sys_enter_symlinkat", "syscalls", "sys_enter_symlinkat"),
+    ("sys_enter_symlink", "syscalls", "sys_enter_symlink"),
+    ("sys_enter_unlinkat", "syscalls", "sys_enter_unlinkat"),
+    ("sys_enter_unlink", "syscalls", "sys_enter_unlink"),
+    ("sys_enter_rmdir", "syscalls", "sys_enter_rmdir"),
+    ("sys_enter_mkdirat", "syscalls", "sys_enter_mkdirat"),
+    ("sys_enter_mkdir", "syscalls", "sys_enter_mkdir"),
+    ("sys_enter_mknodat", "syscalls", "sys_enter_mknodat"),
+    ("sys_enter_mknod", "syscalls", "sys_enter_mknod"),
+    ("sys_enter_truncate", "syscalls", "sys_enter_truncate"),
+    ("sys_enter_fchmodat", "syscalls", "sys_enter_fchmodat"),
+    ("sys_enter_chmod", "syscalls", "sys_enter_chmod"),
+    ("sys_enter_fchmod", "syscalls", "sys_enter_fchmod"),
+    ("sys_enter_fchownat", "syscalls", "sys_enter_fchownat"),
+    ("sys_enter_chown", "syscalls", "sys_enter_chown"),
+    ("sys_enter_lchown", "syscalls", "sys_enter_lchown"),
+    ("sys_enter_fchown", "syscalls", "sys_enter_fchown"),
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     // Confinement (guard.rs): no new namespaces, mounts, chroot or setns.
     ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
@@ -46,7 +74,17 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_move_mount", "syscalls", "sys_enter_move_mount"),
     ("sys_enter_chroot", "syscalls", "sys_enter_chroot"),
     ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
+    // Ways around the file hooks (guard.rs).
+    ("sys_enter_io_uring_setup", "syscalls", "sys_enter_io_uring_setup"),
+    ("sys_enter_open_by_handle_at", "syscalls", "sys_enter_open_by_handle_at"),
+    ("sys_enter_open_tree", "syscalls", "sys_enter_open_tree"),
+    ("sys_enter_fsopen", "syscalls", "sys_enter_fsopen"),
 ];
+
+/// Tracepoints of syscalls that older kernels lack (fchmodat2: 6.6):
+/// attached where tracefs has them, and listed in `attached` when they are.
+const TRACEPOINTS_IF_PRESENT: &[(&str, &str, &str)] =
+    &[("sys_enter_fchmodat2", "syscalls", "sys_enter_fchmodat2")];
 
 /// cgroup v2 socket-address programs, attached to the root cgroup.
 const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
@@ -66,6 +104,17 @@ const LSM_HOOKS: &[(&str, &str)] = &[
     ("inode_unlink", "inode_unlink"),
     ("sb_mount", "sb_mount"),
     ("move_mount", "move_mount"),
+    // Changes to files other than opens (change.rs).
+    ("path_rename", "path_rename"),
+    ("path_link", "path_link"),
+    ("path_symlink", "path_symlink"),
+    ("path_unlink", "path_unlink"),
+    ("path_rmdir", "path_rmdir"),
+    ("path_mkdir", "path_mkdir"),
+    ("path_mknod", "path_mknod"),
+    ("path_truncate", "path_truncate"),
+    ("path_chmod", "path_chmod"),
+    ("path_chown", "path_chown"),
 ];
 
 #[derive(Debug, Error)]
@@ -310,7 +359,14 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let mut attached = Vec::new();
-    for &(name, category, event) in TRACEPOINTS {
+    let present = TRACEPOINTS_IF_PRESENT.iter().filter(|(_, category, event)| {
+        Path::new(TRACEFS)
+            .join("events")
+            .join(category)
+            .join(event)
+            .exists()
+    });
+    for &(name, category, event) in TRACEPOINTS.iter().chain(present) {
         if !adopt_link(&generation, name) {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(failed(name))?;

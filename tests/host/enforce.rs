@@ -15,24 +15,24 @@ use std::{
 use crate::support::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Lsm,
     Fallback,
 }
 
 /// A daemon with tests/host/policies/enforce.yaml, and a session's world:
 /// a workspace with programs and files the policy names, and a home.
-struct World {
-    d: Daemon,
-    mode: Mode,
+pub(crate) struct World {
+    pub(crate) d: Daemon,
+    pub(crate) mode: Mode,
     ws: tempfile::TempDir,
     home: tempfile::TempDir,
 }
 
-const SECRET: &str = "top secret";
+pub(crate) const SECRET: &str = "top secret";
 
 impl World {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(&[])
     }
 
@@ -40,7 +40,7 @@ impl World {
         Self::start(&test_policy("enforce.yaml"), extra)
     }
 
-    fn with_policy(policy: &std::path::Path) -> Self {
+    pub(crate) fn with_policy(policy: &std::path::Path) -> Self {
         Self::start(policy, &[])
     }
 
@@ -80,21 +80,21 @@ impl World {
         World { d, mode, ws, home }
     }
 
-    fn ws(&self) -> &str {
+    pub(crate) fn ws(&self) -> &str {
         path_str(self.ws.path())
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.ws.path().join(rel)
     }
 
     /// `sh -c script` in a new session of this world (cwd: the workspace).
-    fn tagged(&self, script: &str) -> Output {
+    pub(crate) fn tagged(&self, script: &str) -> Output {
         self.tagged_with(&[], script)
     }
 
     /// The same, with more `agentgate exec` options.
-    fn tagged_with(&self, options: &[&str], script: &str) -> Output {
+    pub(crate) fn tagged_with(&self, options: &[&str], script: &str) -> Output {
         self.session_command(options, script).output().unwrap()
     }
 
@@ -114,7 +114,7 @@ impl World {
     }
 
     /// The same, outside any session.
-    fn untagged(&self, script: &str) -> Output {
+    pub(crate) fn untagged(&self, script: &str) -> Output {
         Command::new("sh")
             .args(["-c", script])
             .env("HOME", self.home.path())
@@ -126,7 +126,7 @@ impl World {
     /// The exit status a shell reports for a refused exec or open: 126
     /// (exec, EPERM) or 1 (cat, EPERM) in LSM mode, 137 (SIGKILL) in
     /// fallback mode.
-    fn refused(&self, lsm_status: i32) -> i32 {
+    pub(crate) fn refused(&self, lsm_status: i32) -> i32 {
         match self.mode {
             Mode::Lsm => lsm_status,
             Mode::Fallback => 137,
@@ -135,7 +135,7 @@ impl World {
 
     /// The daemon's decision on the first `kind` event whose target is
     /// `target`.
-    fn decision_on(&self, kind: &str, target: &str) -> serde_json::Value {
+    pub(crate) fn decision_on(&self, kind: &str, target: &str) -> serde_json::Value {
         let is = |e: &serde_json::Value| s(e, "kind") == kind && s(e, "target") == target;
         let events = self
             .d
@@ -147,12 +147,12 @@ impl World {
     }
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// `name=STATUS` lines a script printed.
-fn status_of(o: &Output, name: &str) -> i32 {
+pub(crate) fn status_of(o: &Output, name: &str) -> i32 {
     let text = stdout(o);
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}=")))
