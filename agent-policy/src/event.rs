@@ -3,8 +3,8 @@
 //! daemon's `events` module decodes ring-buffer records into these.
 use std::{net::SocketAddr, path::PathBuf};
 
-use agent_common::{ENFORCED_KILLED, ENFORCED_REFUSED, EventHeader, SessionId, Verdict};
-use serde::Serialize;
+use agent_common::{ENFORCED_KILLED, ENFORCED_REFUSED, EventHeader, FileOp, SessionId, Verdict};
+use serde::{Serialize, Serializer};
 
 /// The process that made the call, as far as the kernel and /proc tell.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -48,20 +48,26 @@ pub enum ConnectAddr {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Target {
     Exec {
-        /// Absolute, symlink-free path of the new image where it could be
-        /// resolved, else the path as passed.
+        /// Absolute, symlink-free path of the new image: the kernel's when
+        /// it resolved it (`PATH_RESOLVED`), else resolved here where it
+        /// could be, else the path as passed.
         path: PathBuf,
-        /// The path as the process passed it.
+        /// The path as the process passed it (the resolved one when the
+        /// kernel sends only that).
         raw_path: PathBuf,
         argv: Vec<String>,
         /// execveat: the dirfd; execve: AT_FDCWD (-100).
         dirfd: i32,
     },
     Open {
-        /// Absolute path: relative ones are resolved against the process's cwd
-        /// (or the dirfd's path). Not symlink-resolved: rules see what was
-        /// named.
+        /// Absolute path. When the kernel resolved it (`PATH_RESOLVED`) it
+        /// is the file the open reached: symlinks, `..`, the dirfd and
+        /// `/proc/self/fd` already followed. Otherwise a relative path is
+        /// resolved against the process's cwd (or the dirfd's path),
+        /// lexically, not following symlinks: rules see what was named.
         path: PathBuf,
+        /// The path as the process passed it (the resolved one when the
+        /// kernel sends only that).
         raw_path: PathBuf,
         dirfd: i32,
         flags: i32,
@@ -69,6 +75,21 @@ pub enum Target {
     },
     Connect {
         addr: ConnectAddr,
+    },
+    /// A change to the file system other than an open, judged as file
+    /// accesses on its paths (see `engine::change_access`).
+    Change {
+        #[serde(serialize_with = "op_name")]
+        op: FileOp,
+        /// What the call acts on: a rename's or a link's source, a
+        /// symlink's new name, the file or directory otherwise. The file the
+        /// kernel reached (`PATH_RESOLVED`), or its last components after
+        /// `…` when the kernel's walk stopped short (`PATH_PARTIAL`).
+        path: PathBuf,
+        /// A rename's or a link's new name (judged, like `path`); a
+        /// symlink's contents as written (not judged: the link may name
+        /// anything, what reaches it through the link is judged then).
+        to: Option<PathBuf>,
     },
     Fork {
         child: u32,
@@ -79,6 +100,16 @@ pub enum Target {
     Guard {
         attempt: String,
     },
+}
+
+/// A file op as its name (`rename`, `unlink`, …).
+fn op_name<S: Serializer>(op: &FileOp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(op.name())
+}
+
+/// The file op of this name (see [`FileOp::name`]).
+pub fn file_op_named(name: &str) -> Option<FileOp> {
+    FileOp::ALL.into_iter().find(|op| op.name() == name)
 }
 
 /// One call by a process in a session, decoded and enriched.

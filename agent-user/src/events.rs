@@ -9,7 +9,7 @@ use std::{
 };
 
 use agent_common::{
-    AF_INET, AF_INET6, AF_UNIX, EVENT_HEADER_LEN, EventHeader, EventKind, PATH_MAX,
+    AF_INET, AF_INET6, AF_UNIX, EVENT_HEADER_LEN, EventHeader, EventKind, FileOp, PATH_MAX,
 };
 pub use agentgate_policy::event::{ConnectAddr, Event, KernelVerdict, Process, Target};
 use thiserror::Error;
@@ -22,6 +22,8 @@ pub enum DecodeError {
     Kind(u32),
     #[error("record claims {claimed} bytes of data but has {have}")]
     Truncated { claimed: usize, have: usize },
+    #[error("change record of unknown op {0}")]
+    Op(i64),
 }
 
 /// A decoded kernel record before enrichment (owned, no /proc look-ups).
@@ -31,6 +33,16 @@ pub struct RawEvent {
     pub kind: EventKind,
     pub path: Vec<u8>,
     pub argv: Vec<Vec<u8>>,
+    /// Change records only.
+    pub change: Option<RawChange>,
+}
+
+/// What a change record adds to its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChange {
+    pub op: FileOp,
+    /// The op's second path, when it has one (up to its first NUL).
+    pub second_path: Option<Vec<u8>>,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
@@ -50,27 +62,45 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         });
     }
     let path = data[..path_len].to_vec();
+    // Exec and change records carry a second block at PATH_MAX: argv, or
+    // the change's second path.
+    let second = || {
+        let end = PATH_MAX + header.argv_len as usize;
+        data.get(PATH_MAX..end).ok_or(DecodeError::Truncated {
+            claimed: end,
+            have: data.len(),
+        })
+    };
     let mut argv = Vec::new();
     if kind == EventKind::Exec && header.argv_len > 0 {
-        let end = PATH_MAX + header.argv_len as usize;
-        if data.len() < end {
-            return Err(DecodeError::Truncated {
-                claimed: end,
-                have: data.len(),
-            });
-        }
-        let block = &data[PATH_MAX..end];
+        let block = second()?;
         // The kernel copies the whole argv block of the new image (arg2 =
         // -1): every NUL ends an argument. A block cut at ARGV_MAX keeps its
         // last, partial argument.
         let block = block.strip_suffix(&[0]).unwrap_or(block);
         argv = block.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
     }
+    let change = if kind == EventKind::Change {
+        let op = u32::try_from(header.arg1)
+            .ok()
+            .and_then(FileOp::from_u32)
+            .ok_or(DecodeError::Op(header.arg1))?;
+        let second_path = if op.has_second_path() {
+            let block = second()?;
+            Some(block.iter().take_while(|b| **b != 0).copied().collect())
+        } else {
+            None
+        };
+        Some(RawChange { op, second_path })
+    } else {
+        None
+    };
     Ok(RawEvent {
         header,
         kind,
         path,
         argv,
+        change,
     })
 }
 
@@ -113,19 +143,19 @@ pub fn connect_addr(header: &EventHeader, path: &[u8]) -> ConnectAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use agent_common::EventBuf;
+pub(crate) mod tests {
+    use agent_common::{EventBuf, PATH_RESOLVED};
 
     use super::*;
 
-    fn header(kind: EventKind) -> EventHeader {
+    pub(crate) fn header(kind: EventKind) -> EventHeader {
         // SAFETY: EventHeader is plain data; all zeros is valid.
         let mut h: EventHeader = unsafe { std::mem::zeroed() };
         h.kind = kind as u32;
         h
     }
 
-    fn record(h: &EventHeader, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn record(h: &EventHeader, data: &[u8]) -> Vec<u8> {
         // SAFETY: reading the bytes of a repr(C) plain-data value.
         let hb = unsafe {
             std::slice::from_raw_parts((h as *const EventHeader).cast::<u8>(), EVENT_HEADER_LEN)
@@ -145,6 +175,61 @@ mod tests {
         let ev = decode(&record(&h, &data)).unwrap();
         assert_eq!(ev.path, b"/bin/cat");
         assert_eq!(ev.argv, vec![b"cat".to_vec(), b"/etc/x".to_vec()]);
+    }
+
+    /// A change record as the kernel sends it: the path, then the second
+    /// path at `PATH_MAX`.
+    pub(crate) fn change_record(op: FileOp, path: &[u8], second: &[u8], flags: u8) -> Vec<u8> {
+        let mut h = header(EventKind::Change);
+        h.arg1 = op as i64;
+        h.path_flags = flags;
+        h.path_len = path.len() as u16;
+        h.argv_len = second.len() as u16;
+        let mut data = vec![0u8; PATH_MAX + second.len()];
+        data[..path.len()].copy_from_slice(path);
+        data[PATH_MAX..].copy_from_slice(second);
+        record(&h, &data)
+    }
+
+    #[test]
+    fn decodes_change_op_and_second_path() {
+        let ev = decode(&change_record(
+            FileOp::Rename,
+            b"/tmp/x",
+            b"/home/u/.bashrc\0",
+            PATH_RESOLVED,
+        ))
+        .unwrap();
+        assert_eq!(ev.kind, EventKind::Change);
+        assert_eq!(ev.path, b"/tmp/x");
+        assert_eq!(
+            ev.change,
+            Some(RawChange {
+                op: FileOp::Rename,
+                second_path: Some(b"/home/u/.bashrc".to_vec())
+            })
+        );
+        // An op without a second path reads none, whatever follows.
+        let ev = decode(&change_record(FileOp::Unlink, b"/tmp/x", b"junk", 0)).unwrap();
+        assert_eq!(
+            ev.change,
+            Some(RawChange {
+                op: FileOp::Unlink,
+                second_path: None
+            })
+        );
+        let mut bad = change_record(FileOp::Mkdir, b"/x", b"", 0);
+        bad[std::mem::offset_of!(EventHeader, arg1)] = 99;
+        assert_eq!(decode(&bad), Err(DecodeError::Op(99)));
+        // A second path past the record's end.
+        let whole = change_record(FileOp::Link, b"/a", b"/b", 0);
+        assert_eq!(
+            decode(&whole[..whole.len() - 1]),
+            Err(DecodeError::Truncated {
+                claimed: PATH_MAX + 2,
+                have: PATH_MAX + 1
+            })
+        );
     }
 
     #[test]

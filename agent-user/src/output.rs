@@ -68,6 +68,12 @@ struct JsonEvent<'a> {
     argv: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_path: Option<&'a std::path::Path>,
+    /// A change's path (`target` is `path -> to` when it has two).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a std::path::Path>,
+    /// A rename's or a link's new name, a symlink's contents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a std::path::Path>,
     kernel: crate::events::KernelVerdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     decision: Option<&'a Verdict>,
@@ -100,10 +106,12 @@ pub struct ToolCall {
     pub tool: String,
 }
 
+/// The call's kind: `exec`, `open`, …, a change by its op (`rename`, …).
 pub fn kind_name(t: &Target) -> &'static str {
     match t {
         Target::Exec { .. } => "exec",
         Target::Open { .. } => "open",
+        Target::Change { op, .. } => op.name(),
         Target::Connect { .. } => "connect",
         Target::Fork { .. } => "fork",
         Target::Exit => "exit",
@@ -111,10 +119,17 @@ pub fn kind_name(t: &Target) -> &'static str {
     }
 }
 
-/// The object of the call as one string: a path, `addr:port`, or a pid.
+/// The object of the call as one string: a path, `FROM -> TO` for a change
+/// with a second path (a symlink: `NEWNAME -> CONTENTS`, as `ls -l` shows
+/// it), `addr:port`, or a pid.
 pub fn target_string(t: &Target) -> String {
     match t {
-        Target::Exec { path, .. } | Target::Open { path, .. } => path.display().to_string(),
+        Target::Exec { path, .. }
+        | Target::Open { path, .. }
+        | Target::Change { path, to: None, .. } => path.display().to_string(),
+        Target::Change {
+            path, to: Some(to), ..
+        } => format!("{} -> {}", path.display(), to.display()),
         Target::Connect {
             addr: ConnectAddr::Inet(sa),
         } => sa.to_string(),
@@ -200,6 +215,10 @@ pub fn write_json(
         }
         _ => (None, None, None),
     };
+    let (path, to) = match &ev.target {
+        Target::Change { path, to, .. } => (Some(path.as_path()), to.as_deref()),
+        _ => (None, None),
+    };
     let line = JsonEvent {
         time: humantime::format_rfc3339_nanos(clock.wall(ev.time_ns)).to_string(),
         session: ev.session,
@@ -217,6 +236,8 @@ pub fn write_json(
         flags,
         argv,
         raw_path,
+        path,
+        to,
         kernel: ev.kernel,
         decision,
     };
@@ -226,6 +247,8 @@ pub fn write_json(
 
 #[cfg(test)]
 mod tests {
+    use agent_common::FileOp;
+
     use super::*;
 
     #[test]
@@ -239,5 +262,37 @@ mod tests {
             open_flags(libc::O_RDWR | libc::O_DIRECTORY),
             "O_RDWR|O_DIRECTORY"
         );
+    }
+
+    #[test]
+    fn a_change_is_named_by_its_op_and_shows_both_paths() {
+        let change = |op, to: Option<&str>| Target::Change {
+            op,
+            path: "/tmp/x".into(),
+            to: to.map(Into::into),
+        };
+        let rename = change(FileOp::Rename, Some("/home/u/.bashrc"));
+        assert_eq!(kind_name(&rename), "rename");
+        assert_eq!(target_string(&rename), "/tmp/x -> /home/u/.bashrc");
+        let unlink = change(FileOp::Unlink, None);
+        assert_eq!(kind_name(&unlink), "unlink");
+        assert_eq!(target_string(&unlink), "/tmp/x");
+        let ev = Event {
+            session: 1,
+            time_ns: 0,
+            process: crate::events::Process::default(),
+            target: rename,
+            kernel: crate::events::KernelVerdict {
+                verdict: "none",
+                enforced: "none",
+                rule: 0,
+            },
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, &Clock::new(), &ev, None).unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line["kind"], "rename");
+        assert_eq!(line["path"], "/tmp/x");
+        assert_eq!(line["to"], "/home/u/.bashrc");
     }
 }

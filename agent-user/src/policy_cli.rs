@@ -10,10 +10,11 @@ use anyhow::{Context, bail};
 use agent_common::Verdict;
 
 use crate::{
-    engine::{Engine, SessionHistory, with_subject},
+    engine::{Engine, SessionHistory, each_subject, stronger},
+    output,
     policy::{
         self, Diagnostic, Placement, PolicySet, SessionContext, Subject, action_name,
-        compile_session, event_path, parse_event, placement,
+        compile_session, parse_event, placement,
     },
 };
 
@@ -240,11 +241,11 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::new(set.clone());
     let d = engine.decide(&ev, &ctx, &hist);
 
-    if let Some(p) = event_path(&ev) {
-        println!("event:    {} ({})", a.event.join(" "), p.display());
-    } else {
-        println!("event:    {}", a.event.join(" "));
-    }
+    println!(
+        "event:    {} ({})",
+        a.event.join(" "),
+        output::target_string(&ev.target)
+    );
     println!(
         "verdict:  {} ({})",
         action_name(d.verdict),
@@ -261,10 +262,10 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             set.labels().names(d.set_labels).join(", ")
         );
     }
-    if let Ok(declared) = with_subject(&ev, |s, _| match s {
+    if let Ok(each) = each_subject(&ev, |s, _| match s {
         Subject::Inet { .. } | Subject::Unix { .. } => Some(set.declared_by(s, &ctx)),
         _ => None,
-    }) && let Some(declared) = declared
+    }) && let Some(declared) = each.object
     {
         match declared {
             Some(r) => println!("declared: yes, by {} at {}", r.name, r.at),
@@ -276,11 +277,19 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let ks = compile_session(&set, &ctx)?;
-    let kernel = with_subject(&ev, |s, access| {
+    // The kernel looks each path of a change up on its own and takes the
+    // stronger verdict.
+    let kernel = each_subject(&ev, |s, access| {
         let exact = access.iter().all(|x| ks.exact[x as usize]);
-        (ks.decide(s, access, hist.labels()), exact)
+        let (v, id, _) = ks.decide(s, access, hist.labels());
+        ((v, id), exact)
+    })
+    .map(|each| {
+        each.reduce(|(a, a_exact), (b, b_exact)| {
+            (if stronger(b, a) { b } else { a }, a_exact && b_exact)
+        })
     });
-    if let Ok(((v, id, _), exact)) = kernel {
+    if let Ok(((v, id), exact)) = kernel {
         let name = set
             .rule_info(id)
             .map_or("none (user space decides)", |r| r.name.as_str());

@@ -12,7 +12,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use agent_common::EventKind;
+use agent_common::{EventKind, FileOp, PATH_PARTIAL, PATH_RESOLVED};
 
 use crate::events::{self, Event, Process, RawEvent, Target};
 
@@ -38,8 +38,9 @@ pub struct ProcessCache {
 const SWEEP_FLOOR: usize = 512;
 
 impl ProcessCache {
-    /// Turns a kernel record into an event: resolves relative paths, adds exe,
-    /// cwd and ancestors. Keeps the cache in step with fork, exec and exit.
+    /// Turns a kernel record into an event: resolves relative paths (those
+    /// the kernel did not resolve), adds exe, cwd and ancestors. Keeps the
+    /// cache in step with fork, exec and exit.
     pub fn enrich(&mut self, raw: RawEvent) -> Event {
         let h = &raw.header;
         let pid = h.pid;
@@ -63,11 +64,17 @@ impl ProcessCache {
 
         let target = match raw.kind {
             EventKind::Exec => {
-                let raw_path = bytes_path(&raw.path);
                 let dirfd = h.arg0 as i32;
-                let base = base_dir(pid, dirfd, cwd.as_deref());
-                let joined = absolute(&raw_path, base.as_deref());
-                let path = fs::canonicalize(as_seen_by(pid, &joined)).unwrap_or(joined);
+                let (path, raw_path) = match kernel_path(h.path_flags, &raw.path) {
+                    Some(path) => (path.clone(), path),
+                    None => {
+                        let raw_path = bytes_path(&raw.path);
+                        let base = base_dir(pid, dirfd, cwd.as_deref());
+                        let joined = absolute(&raw_path, base.as_deref());
+                        let path = fs::canonicalize(as_seen_by(pid, &joined)).unwrap_or(joined);
+                        (path, raw_path)
+                    }
+                };
                 // After this exec the process runs the new image.
                 known.exe = Some(path.clone());
                 let argv = raw
@@ -83,11 +90,17 @@ impl ProcessCache {
                 }
             }
             EventKind::Open => {
-                let raw_path = bytes_path(&raw.path);
                 let dirfd = h.arg0 as i32;
-                let base = base_dir(pid, dirfd, cwd.as_deref());
+                let (path, raw_path) = match kernel_path(h.path_flags, &raw.path) {
+                    Some(path) => (path.clone(), path),
+                    None => {
+                        let raw_path = bytes_path(&raw.path);
+                        let base = base_dir(pid, dirfd, cwd.as_deref());
+                        (absolute(&raw_path, base.as_deref()), raw_path)
+                    }
+                };
                 Target::Open {
-                    path: absolute(&raw_path, base.as_deref()),
+                    path,
                     raw_path,
                     dirfd,
                     flags: h.arg1 as i32,
@@ -117,6 +130,28 @@ impl ProcessCache {
                     );
                 }
                 Target::Fork { child }
+            }
+            EventKind::Change => {
+                let Some(change) = &raw.change else {
+                    unreachable!("decode gives every change record its op");
+                };
+                // The kernel resolves every path of a change; one it does
+                // not vouch for is taken as partial.
+                let reached =
+                    |p: &[u8]| kernel_path(h.path_flags, p).unwrap_or_else(|| partial_path(p));
+                let to = change.second_path.as_deref().map(|p| {
+                    if change.op == FileOp::Symlink {
+                        // The link's contents as written: no path reached.
+                        bytes_path(p)
+                    } else {
+                        reached(p)
+                    }
+                });
+                Target::Change {
+                    op: change.op,
+                    path: reached(&raw.path),
+                    to,
+                }
             }
             EventKind::Exit => Target::Exit,
             EventKind::Guard => Target::Guard {
@@ -191,6 +226,32 @@ impl ProcessCache {
 
 fn bytes_path(b: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(b))
+}
+
+/// The path as the kernel resolved it, to be taken as is (not resolved
+/// again against a cwd or dirfd): the file reached (`PATH_RESOLVED`), or a
+/// partial path (`PATH_PARTIAL`, see [`partial_path`]). `None` when the
+/// kernel sent the path as the process passed it.
+fn kernel_path(flags: u8, raw: &[u8]) -> Option<PathBuf> {
+    if flags & PATH_PARTIAL != 0 {
+        Some(partial_path(raw))
+    } else if flags & PATH_RESOLVED != 0 {
+        Some(bytes_path(raw))
+    } else {
+        None
+    }
+}
+
+/// Marks a path of which the kernel has only the last components (its walk
+/// stopped before the root, and the kernel did not judge the call): `…`
+/// stands for the part not known. Such a path is judged as given: it lies
+/// under no directory a rule names (`/…/x` is under `/` only), so it gets
+/// what rules on any path say (writes outside the workspace are refused),
+/// and it shows as partial wherever the event is written out. It is not
+/// made up into a whole path: none would be honest.
+fn partial_path(raw: &[u8]) -> PathBuf {
+    let sep: &[u8] = if raw.starts_with(b"/") { b"" } else { b"/" };
+    bytes_path(&["…".as_bytes(), sep, raw].concat())
 }
 
 /// The directory a relative path is resolved against: the cwd, or the dirfd.
@@ -343,7 +404,123 @@ pub fn exe_sha256(pid: u32, expected: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use agent_common::EventHeader;
+
     use super::*;
+    use crate::events::{
+        decode,
+        tests::{change_record, header, record},
+    };
+
+    /// An open or exec record of this test process.
+    fn raw(kind: EventKind, path: &str, flags: u8, dirfd: i32) -> RawEvent {
+        let mut h: EventHeader = header(kind);
+        h.pid = std::process::id();
+        h.path_flags = flags;
+        h.arg0 = dirfd.into();
+        h.path_len = path.len() as u16;
+        decode(&record(&h, path.as_bytes())).unwrap()
+    }
+
+    fn target(raw: RawEvent) -> Target {
+        ProcessCache::default().enrich(raw).target
+    }
+
+    #[test]
+    fn a_path_the_kernel_resolved_is_taken_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("true");
+        std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+        let link = link.to_str().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        // Sent as passed: made absolute against the cwd, an exec's image
+        // followed to its file.
+        match target(raw(EventKind::Open, "x/../y", 0, AT_FDCWD)) {
+            Target::Open { path, raw_path, .. } => {
+                assert_eq!(path, cwd.join("y"));
+                assert_eq!(raw_path, Path::new("x/../y"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match target(raw(EventKind::Exec, link, 0, AT_FDCWD)) {
+            Target::Exec { path, .. } => assert_eq!(path, fs::canonicalize("/bin/true").unwrap()),
+            other => panic!("{other:?}"),
+        }
+        // Resolved by the kernel: neither the dirfd nor a symlink is
+        // followed again (the kernel's walk already did).
+        match target(raw(EventKind::Open, "/work/ws/y", PATH_RESOLVED, 0)) {
+            Target::Open {
+                path,
+                raw_path,
+                dirfd,
+                ..
+            } => {
+                assert_eq!(path, Path::new("/work/ws/y"));
+                assert_eq!(raw_path, path);
+                assert_eq!(dirfd, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        match target(raw(EventKind::Exec, link, PATH_RESOLVED, AT_FDCWD)) {
+            Target::Exec { path, raw_path, .. } => {
+                assert_eq!(path, Path::new(link));
+                assert_eq!(raw_path, path);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn change_records_become_changes() {
+        let change = |op, path: &str, second: &str, flags| {
+            let raw = decode(&change_record(
+                op,
+                path.as_bytes(),
+                second.as_bytes(),
+                flags,
+            ));
+            match target(raw.unwrap()) {
+                Target::Change { op, path, to } => (op, path, to),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            change(FileOp::Rename, "/tmp/x", "/home/u/.bashrc", PATH_RESOLVED),
+            (
+                FileOp::Rename,
+                "/tmp/x".into(),
+                Some("/home/u/.bashrc".into())
+            )
+        );
+        assert_eq!(
+            change(FileOp::Chmod, "/etc/passwd", "", PATH_RESOLVED),
+            (FileOp::Chmod, "/etc/passwd".into(), None)
+        );
+        // The walk stopped short: both judged paths say so; a symlink's
+        // contents are as written either way.
+        assert_eq!(
+            change(FileOp::Link, "/d/e/key", "f/k", PATH_PARTIAL),
+            (FileOp::Link, "…/d/e/key".into(), Some("…/f/k".into()))
+        );
+        assert_eq!(
+            change(FileOp::Symlink, "/d/s", "../etc/shadow", PATH_PARTIAL),
+            (
+                FileOp::Symlink,
+                "…/d/s".into(),
+                Some("../etc/shadow".into())
+            )
+        );
+        // A path the kernel does not vouch for is only partial.
+        assert_eq!(
+            change(FileOp::Unlink, "x", "", 0),
+            (FileOp::Unlink, "…/x".into(), None)
+        );
+        // Opens and execs the walk stopped short on, too.
+        match target(raw(EventKind::Open, "/d/e", PATH_PARTIAL, AT_FDCWD)) {
+            Target::Open { path, .. } => assert_eq!(path, Path::new("…/d/e")),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn relative_paths_resolve_against_the_base() {

@@ -45,10 +45,12 @@ pub struct Referral {
     pub id: u64,
     pub session: SessionId,
     pub pid: u32,
-    /// exec, open or connect.
+    /// exec, open, connect, or a change's op (rename, unlink, …).
     pub kind: &'static str,
-    /// What was asked for, as shown to the human.
+    /// What was asked for, as shown to the human: the whole call (both
+    /// paths of a rename, which may file a referral for each).
     pub target: String,
+    /// The path or address a grant would cover.
     pub subject: GrantTarget,
     pub access: AccessMask,
     pub rule: String,

@@ -3,9 +3,9 @@
 //! on everything they cover.
 mod history;
 
-use std::{os::unix::ffi::OsStrExt, sync::Arc};
+use std::{os::unix::ffi::OsStrExt, path::Path, sync::Arc};
 
-use agent_common::{Access, Verdict};
+use agent_common::{Access, FileOp, Verdict};
 use serde::Serialize;
 
 pub use history::SessionHistory;
@@ -176,23 +176,109 @@ fn strongest(
         .reduce(|x, y| if stronger(y, x) { y } else { x })
 }
 
-/// Calls `f` with what the event acts on (paths normalised) and the
-/// accesses it asks for; events that are not judged give a note instead.
-pub fn with_subject<R>(
+/// The accesses a change asks of its object and, for a rename or a link,
+/// of its new name. The object of a rename goes away (written); a link's
+/// new name reaches the file as it is, so the file is judged as read and
+/// written; a symlink's contents are not judged, only its new name.
+pub fn change_access(op: FileOp) -> (AccessMask, Option<AccessMask>) {
+    let write = AccessMask::of(Access::Write);
+    let create = AccessMask::of(Access::Create);
+    match op {
+        FileOp::Rename => (write, Some(write.with(Access::Create))),
+        FileOp::Link => (
+            AccessMask::of(Access::Read).with(Access::Write),
+            Some(create),
+        ),
+        FileOp::Symlink | FileOp::Mkdir | FileOp::Mknod => (create, None),
+        FileOp::Unlink | FileOp::Rmdir | FileOp::Truncate | FileOp::Chmod | FileOp::Chown => {
+            (write, None)
+        }
+    }
+}
+
+/// One result for each subject of a call: its object, and the new name of a
+/// rename or a link, which is judged on its own accesses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerSubject<R> {
+    pub object: R,
+    pub new_name: Option<R>,
+}
+
+impl<R> PerSubject<R> {
+    fn one(object: R) -> Self {
+        Self {
+            object,
+            new_name: None,
+        }
+    }
+
+    /// The object's result, folded with the new name's if there is one.
+    pub fn reduce(self, f: impl FnOnce(R, R) -> R) -> R {
+        match self.new_name {
+            Some(n) => f(self.object, n),
+            None => self.object,
+        }
+    }
+}
+
+impl<R> IntoIterator for PerSubject<R> {
+    type Item = R;
+    type IntoIter = std::iter::Chain<std::iter::Once<R>, std::option::IntoIter<R>>;
+
+    /// The object's result, then the new name's.
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self.object).chain(self.new_name)
+    }
+}
+
+impl PerSubject<Decision> {
+    /// Folds in another layer's decisions on the same call, subject by
+    /// subject (see [`Decision::narrow`]).
+    pub fn narrow(&mut self, other: PerSubject<Decision>) {
+        self.object.narrow(other.object);
+        if let (Some(mine), Some(theirs)) = (&mut self.new_name, other.new_name) {
+            mine.narrow(theirs);
+        }
+    }
+
+    /// The decision on the call: its subjects' folded, the stronger
+    /// verdict standing.
+    pub fn narrowed(self) -> Decision {
+        self.reduce(|mut d, other| {
+            d.narrow(other);
+            d
+        })
+    }
+}
+
+/// Calls `f` with each subject the event acts on (paths normalised) and the
+/// accesses it asks of it; events that are not judged give a note instead.
+pub fn each_subject<R>(
     ev: &Event,
-    f: impl FnOnce(&Subject<'_>, AccessMask) -> R,
-) -> Result<R, &'static str> {
+    mut f: impl FnMut(&Subject<'_>, AccessMask) -> R,
+) -> Result<PerSubject<R>, &'static str> {
+    // Opens and changes are judged by the same (open) path rules.
+    let mut on_path = |path: &Path, access| {
+        let path = normalize(path.as_os_str().as_bytes());
+        f(&Subject::Open { path: &path }, access)
+    };
     match &ev.target {
+        Target::Open { path, flags, .. } => Ok(PerSubject::one(on_path(path, open_access(*flags)))),
+        Target::Change { op, path, to } => {
+            let (object, new_name) = change_access(*op);
+            Ok(PerSubject {
+                object: on_path(path, object),
+                new_name: new_name
+                    .zip(to.as_deref())
+                    .map(|(access, to)| on_path(to, access)),
+            })
+        }
         Target::Exec { path, argv, .. } => {
             let path = normalize(path.as_os_str().as_bytes());
-            Ok(f(
+            Ok(PerSubject::one(f(
                 &Subject::Exec { path: &path, argv },
                 AccessMask::of(Access::Exec),
-            ))
-        }
-        Target::Open { path, flags, .. } => {
-            let path = normalize(path.as_os_str().as_bytes());
-            Ok(f(&Subject::Open { path: &path }, open_access(*flags)))
+            )))
         }
         Target::Connect {
             addr: ConnectAddr::Inet(sa),
@@ -201,7 +287,7 @@ pub fn with_subject<R>(
                 ip: mapped(sa.ip()),
                 port: sa.port(),
             };
-            Ok(f(&s, AccessMask::of(Access::ConnectInet)))
+            Ok(PerSubject::one(f(&s, AccessMask::of(Access::ConnectInet))))
         }
         Target::Connect {
             addr: ConnectAddr::Unix(p),
@@ -213,10 +299,10 @@ pub fn with_subject<R>(
             } else {
                 normalize(raw)
             };
-            Ok(f(
+            Ok(PerSubject::one(f(
                 &Subject::Unix { path: &path },
                 AccessMask::of(Access::ConnectUnix),
-            ))
+            )))
         }
         Target::Connect {
             addr: ConnectAddr::Other(_),
@@ -241,19 +327,41 @@ impl Engine {
     }
 
     pub fn decide(&self, ev: &Event, ctx: &SessionContext, hist: &SessionHistory) -> Decision {
-        with_subject(ev, |s, access| {
-            self.judge(s, access, &ev.process, ev.time_ns, ctx, hist)
+        self.decide_each(ev, ctx, hist, None).narrowed()
+    }
+
+    /// The session's decision on each subject of the event, narrowed by
+    /// the scope of `tool` when the call is made in a tool call. A call
+    /// that is not judged has one subject, allowed.
+    pub fn decide_each(
+        &self,
+        ev: &Event,
+        ctx: &SessionContext,
+        hist: &SessionHistory,
+        tool: Option<&str>,
+    ) -> PerSubject<Decision> {
+        each_subject(ev, |s, access| {
+            let mut d = self.judge(s, access, &ev.process, ev.time_ns, ctx, hist);
+            if let Some(t) = tool.and_then(|t| self.judge_tool(s, access, ctx, t)) {
+                d.narrow(t);
+            }
+            d
         })
-        .unwrap_or_else(|note| Decision::unjudged(Verdict::Allow, note))
+        .unwrap_or_else(|note| PerSubject::one(Decision::unjudged(Verdict::Allow, note)))
     }
 
     /// The decision of tool `tool`'s scope on the event: `None` when the
     /// scope says nothing on what the call asks for (or the event is not
     /// judged).
     pub fn decide_tool(&self, ev: &Event, ctx: &SessionContext, tool: &str) -> Option<Decision> {
-        with_subject(ev, |s, access| self.judge_tool(s, access, ctx, tool))
-            .ok()
+        each_subject(ev, |s, access| self.judge_tool(s, access, ctx, tool))
+            .ok()?
+            .into_iter()
             .flatten()
+            .reduce(|mut d, other| {
+                d.narrow(other);
+                d
+            })
     }
 
     /// Inside the tool's scope: allowed; outside it, on an access the

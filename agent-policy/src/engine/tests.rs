@@ -93,6 +93,14 @@ fn connect(addr: &str) -> Event {
     event(Target::Connect { addr })
 }
 
+fn change(op: FileOp, p: &str, to: Option<&str>) -> Event {
+    event(Target::Change {
+        op,
+        path: p.into(),
+        to: to.map(PathBuf::from),
+    })
+}
+
 fn decide(set: &Arc<PolicySet>, profile: &str, ev: &Event) -> Decision {
     Engine::new(set.clone()).decide(ev, &ctx(profile), &SessionHistory::new())
 }
@@ -417,6 +425,161 @@ fn open_flags_ask_for_every_access() {
         (d.verdict, d.rule_name()),
         (Verdict::Deny, "writes-stay-in-workspace")
     );
+}
+
+#[test]
+fn changes_are_judged_as_accesses_on_each_path() {
+    let set = shipped();
+    let judged = |ev: &Event| {
+        let d = decide(&set, "coding-agent", ev);
+        (d.verdict, d.rule_name().to_owned())
+    };
+    let deny = |rule: &str| (Verdict::Deny, rule.to_owned());
+    let cases = [
+        // The new name is written and created: a temp file renamed over a
+        // shell's start-up file is a write to it.
+        (
+            change(FileOp::Rename, "/tmp/x", Some("/home/u/.bashrc")),
+            deny("writes-stay-in-workspace"),
+        ),
+        // The source goes away: written.
+        (
+            change(FileOp::Rename, "/home/u/.bashrc", Some("/tmp/x")),
+            deny("writes-stay-in-workspace"),
+        ),
+        // A link reaches the file as it is: a secret linked into the
+        // workspace is read.
+        (
+            change(FileOp::Link, "/home/u/.ssh/id_rsa", Some("/work/ws/k")),
+            deny("no-ssh-keys"),
+        ),
+        (
+            change(FileOp::Unlink, "/etc/cron.d/job", None),
+            deny("writes-stay-in-workspace"),
+        ),
+        (
+            change(FileOp::Rmdir, "/home/u/.config", None),
+            deny("writes-stay-in-workspace"),
+        ),
+        (
+            change(FileOp::Chmod, "/etc/passwd", None),
+            deny("writes-stay-in-workspace"),
+        ),
+        (
+            change(FileOp::Chown, "/work/ws/../../etc/passwd", None),
+            deny("writes-stay-in-workspace"),
+        ),
+        (
+            change(FileOp::Mknod, "/dev/sda9", None),
+            deny("writes-stay-in-workspace"),
+        ),
+        // A symlink's new name is created; what it points at is not
+        // judged (opens through it are, at the file they reach).
+        (
+            change(FileOp::Symlink, "/etc/cron.d/s", Some("/work/ws/x")),
+            deny("writes-stay-in-workspace"),
+        ),
+    ];
+    for (ev, want) in &cases {
+        assert_eq!(&judged(ev), want, "{:?}", ev.target);
+    }
+    for ev in [
+        change(FileOp::Rename, "/work/ws/a.tmp", Some("/work/ws/a")),
+        change(FileOp::Link, "/work/ws/a", Some("/work/ws/b")),
+        change(FileOp::Symlink, "/work/ws/s", Some("/home/u/.ssh/id_rsa")),
+        change(FileOp::Unlink, "/work/ws/a", None),
+        change(FileOp::Mkdir, "/work/ws/build", None),
+        change(FileOp::Rmdir, "/tmp/agent-build.Ab12Cd", None),
+        change(FileOp::Truncate, "/work/ws/log", None),
+        change(FileOp::Chmod, "/work/ws/run.sh", None),
+    ] {
+        let (verdict, rule) = judged(&ev);
+        assert_eq!(verdict, Verdict::Allow, "{:?} by {rule}", ev.target);
+    }
+}
+
+#[test]
+fn each_path_of_a_change_asks_for_its_own_accesses() {
+    let (read, write, create) = (
+        AccessMask::of(Access::Read),
+        AccessMask::of(Access::Write),
+        AccessMask::of(Access::Create),
+    );
+    let each = |ev: &Event| {
+        let e = each_subject(ev, |s, access| match s {
+            Subject::Open { path } => (path.to_vec(), access),
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+        (e.object, e.new_name)
+    };
+    assert_eq!(
+        each(&change(FileOp::Rename, "/a/./b", Some("/c//d"))),
+        (
+            (b"/a/b".to_vec(), write),
+            Some((b"/c/d".to_vec(), write.with(Access::Create)))
+        )
+    );
+    assert_eq!(
+        each(&change(FileOp::Link, "/a", Some("/b"))),
+        (
+            (b"/a".to_vec(), read.with(Access::Write)),
+            Some((b"/b".to_vec(), create))
+        )
+    );
+    // A symlink's contents are not a path of the call.
+    assert_eq!(
+        each(&change(FileOp::Symlink, "/s", Some("/etc/shadow"))),
+        ((b"/s".to_vec(), create), None)
+    );
+    for op in [
+        FileOp::Unlink,
+        FileOp::Rmdir,
+        FileOp::Truncate,
+        FileOp::Chmod,
+        FileOp::Chown,
+    ] {
+        assert_eq!(
+            each(&change(op, "/a", None)),
+            ((b"/a".to_vec(), write), None)
+        );
+    }
+    for op in [FileOp::Mkdir, FileOp::Mknod] {
+        assert_eq!(
+            each(&change(op, "/a", None)),
+            ((b"/a".to_vec(), create), None)
+        );
+    }
+}
+
+#[test]
+fn the_stronger_path_of_a_change_decides_and_blocks_its_labels() {
+    let set = inline(
+        r#"
+apiVersion: agentgate.dev/v1
+kind: Policy
+metadata: {name: t}
+labels: {touched: the session changed something under /ok}
+rules:
+  - {name: mark, reason: r, match: {open: {path: /ok/**, access: [write]}}, action: audit, set_labels: [touched]}
+  - {name: ok-create, reason: r, match: {open: {path: /ok/**, access: [create]}}, action: allow}
+  - {name: no-etc, reason: r, match: {open: {path: /etc/**, access: [create]}}, action: deny}
+"#,
+    );
+    let engine = Engine::new(set.clone());
+    let c = ctx("p");
+    let hist = SessionHistory::new();
+    let ev = change(FileOp::Rename, "/ok/a", Some("/etc/a"));
+    let each = engine.decide_each(&ev, &c, &hist, None);
+    assert_eq!(each.object.verdict, Verdict::Audit);
+    assert_ne!(each.object.set_labels, 0);
+    assert_eq!(each.new_name.as_ref().unwrap().rule_name(), "no-etc");
+    let d = engine.decide(&ev, &c, &hist);
+    assert_eq!((d.verdict, d.rule_name()), (Verdict::Deny, "no-etc"));
+    assert_eq!(d.set_labels, 0, "a refused call earns no labels");
+    let d = engine.decide(&change(FileOp::Rename, "/ok/a", Some("/ok/b")), &c, &hist);
+    assert_eq!(d.verdict, Verdict::Audit);
+    assert_ne!(d.set_labels, 0);
 }
 
 const SEQUENCE: &str = r#"

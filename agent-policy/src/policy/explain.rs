@@ -5,22 +5,25 @@
 //! open ACCESS[,ACCESS…] PATH            open read ~/.ssh/id_rsa    open write,create /tmp/x
 //! connect ADDR:PORT | [V6]:PORT          connect 10.0.0.1:443       connect [::1]:8000
 //! connect unix:PATH | unix:@NAME        connect unix:/run/agentgate/agentgate.sock
+//! rename|link FROM TO                   rename /tmp/x ~/.bashrc    link ~/.ssh/id_rsa keys
+//! symlink CONTENTS NEWNAME              symlink /etc/shadow s      (`ln -s` order)
+//! unlink|rmdir|mkdir|mknod PATH         unlink /etc/cron.d/x       mkdir build
+//! truncate|chmod|chown PATH             chmod /etc/passwd
 //! ```
 //! `~` is the session's home, `${workspace}` its workspace; a relative PATH
-//! is taken in the workspace.
-use std::{
-    ffi::OsStr,
-    net::SocketAddr,
-    os::unix::ffi::OsStrExt,
-    path::{Path, PathBuf},
-};
+//! is taken in the workspace. A symlink's CONTENTS are kept as written
+//! (they are not judged).
+use std::{ffi::OsStr, net::SocketAddr, os::unix::ffi::OsStrExt, path::PathBuf};
 
-use crate::event::{ConnectAddr, Event, KernelVerdict, Process, Target};
+use agent_common::FileOp;
+
+use crate::event::{ConnectAddr, Event, KernelVerdict, Process, Target, file_op_named};
 
 use super::context::SessionContext;
 
-pub const SYNTAX: &str =
-    "exec PATH [ARG…] | open read|write|create[,…] PATH | connect ADDR:PORT | connect unix:PATH";
+pub const SYNTAX: &str = "exec PATH [ARG…] | open read|write|create[,…] PATH | connect ADDR:PORT | \
+     connect unix:PATH | rename|link FROM TO | symlink CONTENTS NEWNAME | \
+     unlink|rmdir|mkdir|mknod|truncate|chmod|chown PATH";
 
 fn expand(word: &str, ctx: &SessionContext) -> PathBuf {
     let first = |v: &[Vec<u8>]| v.first().cloned().unwrap_or_default();
@@ -34,6 +37,21 @@ fn expand(word: &str, ctx: &SessionContext) -> PathBuf {
         [first(ctx.workspaces()).as_slice(), b"/", word.as_bytes()].concat()
     };
     PathBuf::from(OsStr::from_bytes(&bytes))
+}
+
+/// A change: `OP PATH`, or `OP FROM TO` for an op with a second path
+/// (`symlink CONTENTS NEWNAME`, as `ln -s` takes them).
+fn change(verb: &str, args: &[String], ctx: &SessionContext) -> Option<Target> {
+    let op = file_op_named(verb)?;
+    let (path, to) = match (op, args) {
+        (FileOp::Symlink, [contents, new_name]) => {
+            (expand(new_name, ctx), Some(PathBuf::from(contents)))
+        }
+        (_, [from, to]) if op.has_second_path() => (expand(from, ctx), Some(expand(to, ctx))),
+        (_, [path]) if !op.has_second_path() => (expand(path, ctx), None),
+        _ => return None,
+    };
+    Some(Target::Change { op, path, to })
 }
 
 pub fn parse_event(words: &[String], ctx: &SessionContext) -> Result<Event, String> {
@@ -104,12 +122,8 @@ pub fn parse_event(words: &[String], ctx: &SessionContext) -> Result<Event, Stri
             };
             Target::Connect { addr }
         }
-        _ => {
-            return Err(format!(
-                "cannot read the event `{}`: {SYNTAX}",
-                words.join(" ")
-            ));
-        }
+        _ => change(verb, args, ctx)
+            .ok_or_else(|| format!("cannot read the event `{}`: {SYNTAX}", words.join(" ")))?,
     };
     Ok(Event {
         session: 0,
@@ -124,19 +138,10 @@ pub fn parse_event(words: &[String], ctx: &SessionContext) -> Result<Event, Stri
     })
 }
 
-/// The event's subject path, for display.
-pub fn event_path(ev: &Event) -> Option<&Path> {
-    match &ev.target {
-        Target::Exec { path, .. } | Target::Open { path, .. } => Some(path),
-        Target::Connect {
-            addr: ConnectAddr::Unix(p),
-        } => Some(p),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn ctx() -> SessionContext {
@@ -162,7 +167,7 @@ mod tests {
         assert!(matches!(&e.target, Target::Open { path, flags, .. }
             if path == Path::new("/home/u/.ssh/id_rsa") && *flags == libc::O_RDWR | libc::O_CREAT));
         let e = parse_event(&w("open read src/x"), &ctx()).unwrap();
-        assert_eq!(event_path(&e), Some(Path::new("/ws/src/x")));
+        assert!(matches!(&e.target, Target::Open { path, .. } if path == Path::new("/ws/src/x")));
         let e = parse_event(&w("connect [::1]:8000"), &ctx()).unwrap();
         assert!(matches!(
             e.target,
@@ -171,8 +176,70 @@ mod tests {
             }
         ));
         let e = parse_event(&w("connect unix:@bus"), &ctx()).unwrap();
-        assert_eq!(event_path(&e), Some(Path::new("@bus")));
+        assert!(
+            matches!(&e.target, Target::Connect { addr: ConnectAddr::Unix(p) }
+            if p == Path::new("@bus"))
+        );
         for bad in ["", "exec", "open rwx /x", "connect nowhere", "fly /x"] {
+            assert!(parse_event(&w(bad), &ctx()).is_err(), "{bad}");
+        }
+    }
+
+    fn change(words: &str) -> (FileOp, PathBuf, Option<PathBuf>) {
+        match parse_event(&w(words), &ctx()).unwrap().target {
+            Target::Change { op, path, to } => (op, path, to),
+            other => panic!("{words}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_every_change() {
+        assert_eq!(
+            change("rename /tmp/x ~/.bashrc"),
+            (
+                FileOp::Rename,
+                "/tmp/x".into(),
+                Some("/home/u/.bashrc".into())
+            )
+        );
+        assert_eq!(
+            change("link ~/.ssh/id_rsa keys/k"),
+            (
+                FileOp::Link,
+                "/home/u/.ssh/id_rsa".into(),
+                Some("/ws/keys/k".into())
+            )
+        );
+        // `ln -s` order; the contents stay as written.
+        assert_eq!(
+            change("symlink ~/.ssh/id_rsa s"),
+            (
+                FileOp::Symlink,
+                "/ws/s".into(),
+                Some("~/.ssh/id_rsa".into())
+            )
+        );
+        for (verb, op) in [
+            ("unlink", FileOp::Unlink),
+            ("rmdir", FileOp::Rmdir),
+            ("mkdir", FileOp::Mkdir),
+            ("mknod", FileOp::Mknod),
+            ("truncate", FileOp::Truncate),
+            ("chmod", FileOp::Chmod),
+            ("chown", FileOp::Chown),
+        ] {
+            assert_eq!(
+                change(&format!("{verb} ~/x")),
+                (op, "/home/u/x".into(), None)
+            );
+        }
+        for bad in [
+            "rename /a",
+            "link /a /b /c",
+            "symlink /a",
+            "unlink /a /b",
+            "mkdir",
+        ] {
             assert!(parse_event(&w(bad), &ctx()).is_err(), "{bad}");
         }
     }

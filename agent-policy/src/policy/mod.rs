@@ -24,7 +24,7 @@ pub use compile::{
 pub use context::SessionContext;
 pub use diagnostic::{Diagnostic, Location, Pos};
 pub use document::{API_VERSION, action_name, valid_name};
-pub use explain::{event_path, parse_event};
+pub use explain::parse_event;
 pub use load::{load, load_sources};
 pub use matcher::{AccessMask, Kind, Subject, access_name};
 pub use net::mapped;

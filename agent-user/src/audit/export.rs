@@ -7,7 +7,24 @@
 //! | exec    | 1007 Process Activity (cat. 1) | 1 Launch    |
 //! | open    | 1001 File System Activity (1)  | 14 Open     |
 //! | connect | 4001 Network Activity (cat. 4) | 1 Open      |
+//! | change  | 1001 File System Activity      | by its op, below |
 //! | other   | 1007 Process Activity          | 99 Other    |
+//!
+//! | change op                     | activity       |
+//! | ----------------------------- | -------------- |
+//! | mkdir, mknod, symlink, link   | 1 Create       |
+//! | truncate                      | 3 Update       |
+//! | unlink, rmdir                 | 4 Delete       |
+//! | rename                        | 5 Rename       |
+//! | chmod, chown                  | 7 Set Security |
+//!
+//! A change's `file` is its object (a link's or a rename's source, a
+//! symlink's new name); the new name of a rename or a link is its
+//! `file_result`. chmod and chown are Set Security, not Set Attributes:
+//! mode bits and owner say who may reach the file, which is what OCSF
+//! keeps apart as security (its Set Attributes is for times, flags and the
+//! like). A symlink's contents, which OCSF has no place for, are under
+//! `unmapped.to`.
 //!
 //! A decision is an access-control outcome, which OCSF carries in
 //! `action_id` (1 Allowed / 2 Denied) and `disposition_id` (1 Allowed,
@@ -21,6 +38,8 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use agent_common::FileOp;
+use agentgate_policy::event::file_op_named;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
@@ -103,10 +122,14 @@ pub fn record_json(s: &Session, p: &Process, a: &Action, d: &Decision) -> Map<St
             "ppid": p.ppid,
         }),
     );
-    m.insert(
-        "action".into(),
-        json!({ "kind": kind(a).as_str(), "target": a.target }),
-    );
+    let mut action = json!({ "kind": kind(a).as_str(), "target": a.target });
+    if !a.op.is_empty() {
+        action["op"] = a.op.clone().into();
+    }
+    if !a.to.is_empty() {
+        action["to"] = a.to.clone().into();
+    }
+    m.insert("action".into(), action);
     m.insert(
         "decision".into(),
         json!({
@@ -155,6 +178,30 @@ fn endpoint(target: &str) -> Value {
     }
 }
 
+/// OCSF's File System Activity `activity_id` and name for a change's op
+/// (see the module documentation).
+fn change_activity(op: &str) -> (u32, &'static str) {
+    match file_op_named(op) {
+        Some(FileOp::Mkdir | FileOp::Mknod | FileOp::Symlink | FileOp::Link) => (1, "Create"),
+        Some(FileOp::Unlink | FileOp::Rmdir) => (4, "Delete"),
+        Some(FileOp::Rename) => (5, "Rename"),
+        Some(FileOp::Truncate) => (3, "Update"),
+        Some(FileOp::Chmod | FileOp::Chown) => (7, "Set Security"),
+        None => (99, "Other"),
+    }
+}
+
+/// OCSF's file `type_id` of what a change acts on, where the op says it:
+/// 2 Folder, 7 Symbolic Link, else 0 Unknown (a rename or an unlink may
+/// act on any kind of file).
+fn changed_file_type(op: Option<FileOp>) -> u32 {
+    match op {
+        Some(FileOp::Mkdir | FileOp::Rmdir) => 2,
+        Some(FileOp::Symlink) => 7,
+        _ => 0,
+    }
+}
+
 pub fn receipt_ocsf(r: &Receipt) -> Value {
     let (s, p, a, d) = parts(r);
     let v = verdict(&d);
@@ -170,6 +217,10 @@ pub fn receipt_ocsf(r: &Receipt) -> Value {
                 "Open",
             ),
             ActionKind::Connect => (4001, "Network Activity", 4, "Network Activity", 1, "Open"),
+            ActionKind::Change => {
+                let (id, name) = change_activity(&a.op);
+                (1001, "File System Activity", 1, "System Activity", id, name)
+            }
             ActionKind::Other | ActionKind::Unspecified => {
                 (1007, "Process Activity", 1, "System Activity", 99, "Other")
             }
@@ -214,7 +265,7 @@ pub fn receipt_ocsf(r: &Receipt) -> Value {
         ("disposition", json!(disposition)),
         (
             "message",
-            json!(format!("{} {} {}", v.as_str(), kind(&a).as_str(), a.target)),
+            json!(format!("{} {} {}", v.as_str(), a.verb(), a.target_text())),
         ),
         (
             "metadata",
@@ -251,6 +302,19 @@ pub fn receipt_ocsf(r: &Receipt) -> Value {
         ActionKind::Open => {
             e.insert("file".into(), json!({ "path": a.target, "type_id": 1 }));
         }
+        ActionKind::Change => {
+            let op = file_op_named(&a.op);
+            e.insert(
+                "file".into(),
+                json!({ "path": a.target, "type_id": changed_file_type(op) }),
+            );
+            if matches!(op, Some(FileOp::Rename | FileOp::Link)) {
+                e.insert(
+                    "file_result".into(),
+                    json!({ "path": a.to, "type_id": changed_file_type(op) }),
+                );
+            }
+        }
         ActionKind::Connect => {
             e.insert("dst_endpoint".into(), endpoint(&a.target));
         }
@@ -273,6 +337,8 @@ pub fn receipt_ocsf(r: &Receipt) -> Value {
                 "sha256": receipt::hex(&g.sha256),
             })),
             "target": a.target,
+            "op": (!a.op.is_empty()).then_some(&a.op),
+            "to": (!a.to.is_empty()).then_some(&a.to),
             "receipt_hash": receipt::hex(&r.hash),
             "prev_hash": receipt::hex(&r.prev_hash),
         }),
@@ -337,4 +403,65 @@ pub fn export(
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::receipt::{GENESIS, tests::sample};
+
+    fn change(op: &str, target: &str, to: &str) -> Receipt {
+        let mut r = sample(1);
+        r.action = Action {
+            kind: ActionKind::Change as i32,
+            target: target.into(),
+            op: op.into(),
+            to: to.into(),
+            ..Default::default()
+        };
+        r.into_receipt(1, 1, &GENESIS)
+    }
+
+    #[test]
+    fn changes_are_file_system_activity_by_their_op() {
+        for (op, activity) in [
+            ("mkdir", 1),
+            ("mknod", 1),
+            ("symlink", 1),
+            ("link", 1),
+            ("truncate", 3),
+            ("unlink", 4),
+            ("rmdir", 4),
+            ("rename", 5),
+            ("chmod", 7),
+            ("chown", 7),
+        ] {
+            let e = receipt_ocsf(&change(op, "/work/ws/a", ""));
+            assert_eq!(e["class_uid"], 1001, "{op}");
+            assert_eq!(e["activity_id"], activity, "{op}");
+            assert_eq!(e["type_uid"], 100100 + activity, "{op}");
+            assert_eq!(e["file"]["path"], "/work/ws/a", "{op}");
+        }
+        let e = receipt_ocsf(&change("rename", "/tmp/x", "/home/u/.bashrc"));
+        assert_eq!(e["activity_name"], "Rename");
+        assert_eq!(e["file_result"]["path"], "/home/u/.bashrc");
+        assert_eq!(e["message"], "deny rename /tmp/x -> /home/u/.bashrc");
+        assert_eq!(e["unmapped"]["op"], "rename");
+        // A symlink's contents are no file of the call.
+        let e = receipt_ocsf(&change("symlink", "/work/ws/s", "/etc/shadow"));
+        assert_eq!(e["file"]["type_id"], 7);
+        assert!(e.get("file_result").is_none());
+        assert_eq!(e["unmapped"]["to"], "/etc/shadow");
+    }
+
+    #[test]
+    fn json_names_a_changes_op_and_second_path_only_for_changes() {
+        let j = receipt_json(&change("link", "/home/u/.ssh/id_rsa", "/work/ws/k"));
+        assert_eq!(j["action"]["kind"], "change");
+        assert_eq!(j["action"]["op"], "link");
+        assert_eq!(j["action"]["target"], "/home/u/.ssh/id_rsa");
+        assert_eq!(j["action"]["to"], "/work/ws/k");
+        let j = receipt_json(&sample(1).into_receipt(1, 1, &GENESIS));
+        assert!(j["action"].get("op").is_none() && j["action"].get("to").is_none());
+    }
 }

@@ -61,6 +61,9 @@ pub enum ActionKind {
     Connect = 3,
     /// Anything else the daemon judges (e.g. a session-level action).
     Other = 4,
+    /// A change to the file system other than an open: `Action::op` says
+    /// which.
+    Change = 5,
 }
 
 impl Verdict {
@@ -96,6 +99,7 @@ impl ActionKind {
             ActionKind::Open => "open",
             ActionKind::Connect => "connect",
             ActionKind::Other => "other",
+            ActionKind::Change => "change",
         }
     }
 }
@@ -151,7 +155,7 @@ pub struct Process {
 pub struct Action {
     #[prost(enumeration = "ActionKind", tag = "1")]
     pub kind: i32,
-    /// Path executed or opened, or the address connected to.
+    /// Path executed, opened or changed, or the address connected to.
     #[prost(string, tag = "2")]
     pub target: String,
     /// The agent runtime's tool call it was made in (0: none declared).
@@ -159,6 +163,35 @@ pub struct Action {
     pub tool_call: u64,
     #[prost(string, tag = "4")]
     pub tool: String,
+    /// A change's op (`rename`, `unlink`, …); empty for other kinds.
+    #[prost(string, tag = "5")]
+    pub op: String,
+    /// A change's second path: a rename's or a link's new name, a
+    /// symlink's contents (empty when the op has none).
+    #[prost(string, tag = "6")]
+    pub to: String,
+}
+
+impl Action {
+    /// What was done, in one word: the change's op, else the kind.
+    pub fn verb(&self) -> &str {
+        if self.op.is_empty() {
+            ActionKind::try_from(self.kind)
+                .unwrap_or(ActionKind::Unspecified)
+                .as_str()
+        } else {
+            &self.op
+        }
+    }
+
+    /// The target, `target -> to` when there is a second path.
+    pub fn target_text(&self) -> String {
+        if self.to.is_empty() {
+            self.target.clone()
+        } else {
+            format!("{} -> {}", self.target, self.to)
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -17,8 +17,11 @@
 //! Fields: SESSION, PRINCIPAL, AGENT (and AGENT_SHA256 when known), INTENT,
 //! PROFILE, ACTION, TARGET, DECISION, OUTCOME, RULE, REASON, POLICY_HASH,
 //! PID, EXEC_ID, EXE, ARGV, RECEIPT (the audit sequence number, when the
-//! receipt is durable), MESSAGE, SYSLOG_IDENTIFIER=agentgate, PRIORITY.
-//! E.g. `journalctl -t agentgate DECISION=deny SESSION=7`.
+//! receipt is durable), MESSAGE, SYSLOG_IDENTIFIER=agentgate, PRIORITY; for
+//! ACTION=change also OP (`rename`, `unlink`, …) and, for an op with a second
+//! path, TO (a rename's or a link's new name, a symlink's contents).
+//! E.g. `journalctl -t agentgate DECISION=deny SESSION=7`,
+//! `journalctl -t agentgate OP=rename TO=/home/u/.bashrc`.
 pub mod protocol;
 
 use std::{
@@ -97,7 +100,6 @@ fn verdict_of(r: &Record) -> Verdict {
 
 /// One readable line: what, to what, by whom, why.
 pub fn message(r: &Record) -> String {
-    let kind = ActionKind::try_from(r.action.kind).unwrap_or(ActionKind::Unspecified);
     let outcome = Outcome::try_from(r.decision.outcome).unwrap_or(Outcome::Unspecified);
     let rule = if r.decision.rule.is_empty() {
         "default"
@@ -107,8 +109,8 @@ pub fn message(r: &Record) -> String {
     let mut m = format!(
         "{} {} {} by pid {} ({}) in session {}",
         verdict_of(r).as_str(),
-        kind.as_str(),
-        r.action.target,
+        r.action.verb(),
+        r.action.target_text(),
         r.process.pid,
         r.process.exe,
         r.session.id,
@@ -155,6 +157,12 @@ pub fn entry(r: &Record, receipt: Option<u64>) -> Entry {
         if !agent.sha256.is_empty() {
             e.field("AGENT_SHA256", hex(&agent.sha256));
         }
+    }
+    if !r.action.op.is_empty() {
+        e.field("OP", &r.action.op);
+    }
+    if !r.action.to.is_empty() {
+        e.field("TO", &r.action.to);
     }
     if r.action.tool_call != 0 {
         e.field("TOOL_CALL", r.action.tool_call.to_string());
@@ -309,6 +317,7 @@ mod tests {
                 .unwrap()
                 .starts_with("deny exec /usr/bin/curl")
         );
+        assert!(lines[0]["action"].get("op").is_none());
 
         let all = Sink::json(Box::new(Shared::default()), true);
         assert!(all.verdict(&allow, None).unwrap());
@@ -338,6 +347,45 @@ mod tests {
                 "{field} missing in {text}"
             );
         }
+    }
+
+    #[test]
+    fn a_change_names_its_op_and_both_paths() {
+        let mut r = sample(1);
+        r.action = crate::audit::Action {
+            kind: ActionKind::Change as i32,
+            target: "/tmp/x".into(),
+            op: "rename".into(),
+            to: "/home/u/.bashrc".into(),
+            ..Default::default()
+        };
+        let text = String::from_utf8_lossy(entry(&r, None).as_bytes()).into_owned();
+        for field in [
+            "ACTION=change",
+            "OP=rename",
+            "TARGET=/tmp/x",
+            "TO=/home/u/.bashrc",
+        ] {
+            assert!(
+                text.lines().any(|l| l == field),
+                "{field} missing in {text}"
+            );
+        }
+        assert!(
+            message(&r).starts_with("deny rename /tmp/x -> /home/u/.bashrc by pid 4242"),
+            "{}",
+            message(&r)
+        );
+        let line = json_line(&r, None);
+        assert_eq!(line["action"]["op"], "rename");
+        assert_eq!(line["action"]["to"], "/home/u/.bashrc");
+        // Other calls have neither.
+        let text = String::from_utf8_lossy(entry(&sample(1), None).as_bytes()).into_owned();
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("OP=") || l.starts_with("TO="))
+        );
     }
 
     #[test]

@@ -5,13 +5,12 @@ use agent_common::Verdict;
 
 use super::{
     Judged,
-    decide::{Decided, Judgement},
+    decide::{Decided, Judgement, Referred},
 };
 use crate::{
     daemon::shared::{Facts, Shared, State},
-    engine::{Decision, Outcome, with_subject},
+    engine::{Decision, Outcome},
     events::{Event, Target},
-    policy::{GrantTarget, Subject},
     procs,
     referrals::{Referral, State as ReferralState},
     sessions::Ended,
@@ -41,6 +40,7 @@ fn judged(facts: &Facts, st: &mut State, ev: &Event, j: Judgement) -> Judged {
         levels,
         kernel_labels,
         grant,
+        referred,
         tool_call,
     } = j;
     let mut gained = Vec::new();
@@ -70,8 +70,8 @@ fn judged(facts: &Facts, st: &mut State, ev: &Event, j: Judgement) -> Judged {
             tool_call,
         };
     }
-    if d.verdict == Verdict::Refer {
-        refer(st, ev, &d);
+    for r in referred.into_iter().filter(|r| r.grant.is_none()) {
+        refer(st, ev, r);
     }
     // A refusal the kernel did not carry out (it could not judge the call,
     // or only user space knows the rule): kill the process, unless the
@@ -121,44 +121,30 @@ fn drift(facts: &Facts, st: &mut State, ev: &Event, d: &Decision) {
     st.persist(facts);
 }
 
-/// Files the referral a human will answer.
-fn refer(st: &mut State, ev: &Event, d: &Decision) {
-    let Ok((subject, access)) = with_subject(ev, |s, access| {
-        let target = match s {
-            Subject::Exec { path, .. } | Subject::Open { path } | Subject::Unix { path } => {
-                GrantTarget::Path {
-                    path: path.to_vec(),
-                    prefix: false,
-                }
-            }
-            Subject::Inet { ip, port } => GrantTarget::Inet {
-                ip: *ip,
-                port: *port,
-            },
-        };
-        (target, access)
-    }) else {
-        return;
-    };
+/// Files the referral a human will answer for one subject of the call.
+fn refer(st: &mut State, ev: &Event, r: Referred) {
+    let (kind, target) = (
+        crate::output::kind_name(&ev.target),
+        crate::output::target_string(&ev.target),
+    );
+    let d = r.decision;
     let id = st.referrals.file(Referral {
         id: 0,
         session: ev.session,
         pid: ev.process.pid,
-        kind: crate::output::kind_name(&ev.target),
-        target: crate::output::target_string(&ev.target),
-        subject,
-        access,
+        kind,
+        target: target.clone(),
+        subject: r.target,
+        access: r.access,
         rule: d.rule_name().to_owned(),
         reason: d.reason().to_owned(),
         created: std::time::SystemTime::now(),
         state: ReferralState::Pending,
     });
     log::warn!(
-        "referral {id}: session {} asks for {} {} ({}); `agentgate approve {id}` or `agentgate \
-         reject {id}`",
+        "referral {id}: session {} asks for {kind} {target} ({}); `agentgate approve {id}` or \
+         `agentgate reject {id}`",
         ev.session,
-        crate::output::kind_name(&ev.target),
-        crate::output::target_string(&ev.target),
         d.reason()
     );
 }

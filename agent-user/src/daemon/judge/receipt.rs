@@ -21,7 +21,19 @@ pub(super) fn record(st: &State, ev: &Event, j: &Judged) -> audit::Record {
         Target::Exec { argv, .. } => (audit::ActionKind::Exec, argv.clone()),
         Target::Open { .. } => (audit::ActionKind::Open, Vec::new()),
         Target::Connect { .. } => (audit::ActionKind::Connect, Vec::new()),
+        Target::Change { .. } => (audit::ActionKind::Change, Vec::new()),
         _ => (audit::ActionKind::Other, Vec::new()),
+    };
+    // A change names its paths apart: the object, and its second path.
+    let (target, op, to) = match &ev.target {
+        Target::Change { op, path, to } => (
+            path.display().to_string(),
+            op.name().to_owned(),
+            to.as_ref()
+                .map(|t| t.display().to_string())
+                .unwrap_or_default(),
+        ),
+        t => (output::target_string(t), String::new(), String::new()),
     };
     audit::Record {
         session: session.unwrap_or_else(|| audit::Session {
@@ -42,7 +54,9 @@ pub(super) fn record(st: &State, ev: &Event, j: &Judged) -> audit::Record {
         },
         action: audit::Action {
             kind: kind as i32,
-            target: output::target_string(&ev.target),
+            target,
+            op,
+            to,
             tool_call: j.tool_call.as_ref().map_or(0, |t| t.id),
             tool: j
                 .tool_call
