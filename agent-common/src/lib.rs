@@ -265,6 +265,10 @@ pub const PATH_RESOLVED: u8 = 1;
 /// The kernel's walk stopped before the root (too deep, or a detached
 /// mount): the path is only its last components, and was not judged.
 pub const PATH_PARTIAL: u8 = 2;
+/// A change record's second path is partial (as [`PATH_PARTIAL`] for the
+/// first). The other bits speak for the first path only; an absolute path
+/// with neither bit is the kernel's directory and the name as written.
+pub const PATH_SECOND_PARTIAL: u8 = 4;
 
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 

@@ -2,7 +2,8 @@
 //! used part of it.
 use agent_common::{
     AF_INET, AF_INET6, AF_UNIX, ARGV_MAX, Counter, ENFORCED_NONE, EVENT_BUF_LEN, EVENT_DATA_LEN,
-    EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook, PATH_MAX, ProcTag, Verdict,
+    EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook, PATH_MAX, PATH_PARTIAL,
+    PATH_SECOND_PARTIAL, ProcTag, Verdict,
     counter_index,
 };
 use aya_ebpf::helpers::{
@@ -133,7 +134,7 @@ impl Record {
     pub fn set_resolved_path(&mut self, len: usize, flags: u8) {
         let h = self.header();
         h.path_len = (len & (PATH_MAX - 1)) as u16;
-        h.path_flags = flags;
+        h.path_flags = (h.path_flags & PATH_SECOND_PARTIAL) | flags;
     }
 
     /// Moves the path (as judged) to the second-path area, where a change
@@ -147,7 +148,14 @@ impl Record {
             // SAFETY: both are this CPU's scratch slot; `n` bytes.
             let _ = unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), dest) };
         }
-        self.header().argv_len = n as u16;
+        let h = self.header();
+        h.argv_len = n as u16;
+        // The flags so far were the second path's; the first starts afresh.
+        h.path_flags = if h.path_flags & PATH_PARTIAL != 0 {
+            PATH_SECOND_PARTIAL
+        } else {
+            0
+        };
     }
 
     /// Copies `len` bytes of the user argv block (NUL-separated) after the

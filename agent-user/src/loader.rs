@@ -75,8 +75,16 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_chroot", "syscalls", "sys_enter_chroot"),
     ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
     // Ways around the file hooks (guard.rs).
-    ("sys_enter_io_uring_setup", "syscalls", "sys_enter_io_uring_setup"),
-    ("sys_enter_open_by_handle_at", "syscalls", "sys_enter_open_by_handle_at"),
+    (
+        "sys_enter_io_uring_setup",
+        "syscalls",
+        "sys_enter_io_uring_setup",
+    ),
+    (
+        "sys_enter_open_by_handle_at",
+        "syscalls",
+        "sys_enter_open_by_handle_at",
+    ),
     ("sys_enter_open_tree", "syscalls", "sys_enter_open_tree"),
     ("sys_enter_fsopen", "syscalls", "sys_enter_fsopen"),
 ];
@@ -359,13 +367,15 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let mut attached = Vec::new();
-    let present = TRACEPOINTS_IF_PRESENT.iter().filter(|(_, category, event)| {
-        Path::new(TRACEFS)
-            .join("events")
-            .join(category)
-            .join(event)
-            .exists()
-    });
+    let present = TRACEPOINTS_IF_PRESENT
+        .iter()
+        .filter(|(_, category, event)| {
+            Path::new(TRACEFS)
+                .join("events")
+                .join(category)
+                .join(event)
+                .exists()
+        });
     for &(name, category, event) in TRACEPOINTS.iter().chain(present) {
         if !adopt_link(&generation, name) {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;

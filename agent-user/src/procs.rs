@@ -12,7 +12,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use agent_common::{EventKind, FileOp, PATH_PARTIAL, PATH_RESOLVED};
+use agent_common::{EventKind, FileOp, PATH_PARTIAL, PATH_RESOLVED, PATH_SECOND_PARTIAL};
 
 use crate::events::{self, Event, Process, RawEvent, Target};
 
@@ -135,21 +135,28 @@ impl ProcessCache {
                 let Some(change) = &raw.change else {
                     unreachable!("decode gives every change record its op");
                 };
-                // The kernel resolves every path of a change; one it does
-                // not vouch for is taken as partial.
-                let reached =
-                    |p: &[u8]| kernel_path(h.path_flags, p).unwrap_or_else(|| partial_path(p));
+                // Every path of a change is absolute: resolved by the
+                // kernel, or the kernel's path of the directory and the name
+                // as written (fallback). One that is not, or that the
+                // kernel marks so, is partial.
+                let as_sent = |p: &[u8], partial: bool| {
+                    if partial || !p.starts_with(b"/") {
+                        partial_path(p)
+                    } else {
+                        bytes_path(p)
+                    }
+                };
                 let to = change.second_path.as_deref().map(|p| {
                     if change.op == FileOp::Symlink {
                         // The link's contents as written: no path reached.
                         bytes_path(p)
                     } else {
-                        reached(p)
+                        as_sent(p, h.path_flags & PATH_SECOND_PARTIAL != 0)
                     }
                 });
                 Target::Change {
                     op: change.op,
-                    path: reached(&raw.path),
+                    path: as_sent(&raw.path, h.path_flags & PATH_PARTIAL != 0),
                     to,
                 }
             }
@@ -496,11 +503,20 @@ mod tests {
             change(FileOp::Chmod, "/etc/passwd", "", PATH_RESOLVED),
             (FileOp::Chmod, "/etc/passwd".into(), None)
         );
-        // The walk stopped short: both judged paths say so; a symlink's
-        // contents are as written either way.
+        // The walk stopped short on one end: that end says so; a
+        // symlink's contents are as written either way.
         assert_eq!(
-            change(FileOp::Link, "/d/e/key", "f/k", PATH_PARTIAL),
-            (FileOp::Link, "…/d/e/key".into(), Some("…/f/k".into()))
+            change(FileOp::Link, "/d/e/key", "/f/k", PATH_PARTIAL),
+            (FileOp::Link, "…/d/e/key".into(), Some("/f/k".into()))
+        );
+        assert_eq!(
+            change(FileOp::Rename, "/d/e", "/f/k", PATH_SECOND_PARTIAL),
+            (FileOp::Rename, "/d/e".into(), Some("…/f/k".into()))
+        );
+        // Fallback: the kernel's directory and the name as written.
+        assert_eq!(
+            change(FileOp::Unlink, "/home/u/x", "", 0),
+            (FileOp::Unlink, "/home/u/x".into(), None)
         );
         assert_eq!(
             change(FileOp::Symlink, "/d/s", "../etc/shadow", PATH_PARTIAL),
@@ -510,7 +526,7 @@ mod tests {
                 Some("../etc/shadow".into())
             )
         );
-        // A path the kernel does not vouch for is only partial.
+        // A path that is not absolute is only partial.
         assert_eq!(
             change(FileOp::Unlink, "x", "", 0),
             (FileOp::Unlink, "…/x".into(), None)

@@ -301,11 +301,9 @@ fn evasions_by_address_tricks_are_still_judged() {
     drop(sink);
 }
 
-/// Paths that name the forbidden file in another way. LSM mode judges the
-/// file's own path (bpf_d_path): refused. Fallback mode reads the path as
-/// written; the kernel leaves what it cannot read to the daemon, which
-/// judges it after the call and kills the process if it is still there.
-/// The README's threat model says so; this holds the code to it.
+/// Paths that name the forbidden file in another way are judged as the
+/// file: LSM mode by its own path (bpf_d_path), fallback mode by the
+/// kernel's walk of the opened file's dentries at the open's exit.
 #[test]
 fn evasions_by_path_tricks() {
     let w = World::new();
@@ -326,28 +324,22 @@ fn evasions_by_path_tricks() {
         ("symlink", "cat link".to_owned()),
     ];
     for (name, cmd) in tricks {
-        let out = w.tagged(&format!("{cmd} > /dev/null; echo {name}=$?"));
+        let out = w.tagged(&format!("{cmd}; echo {name}=$?"));
         let status = status_of(&out, name);
-        match w.mode {
-            Mode::Lsm => assert_eq!(status, 1, "{name}: {out:?}"),
-            // The kernel cannot judge these in fallback mode: the read
-            // happens; the daemon's verdict comes after.
-            Mode::Fallback => assert!(status == 0 || status == 137, "{name}: {out:?}"),
-        }
+        // Both modes judge the file reached: LSM refuses the open, fallback
+        // kills the reader as the open returns, before it reads a byte.
+        assert_eq!(status, w.refused(1), "{name}: {out:?}");
+        assert!(!stdout(&out).contains(SECRET), "{name}: read: {out:?}");
     }
-    if w.mode == Mode::Fallback {
-        // The daemon still judged the relative read, resolved against the
-        // process's working directory.
-        let d = w.decision_on("open", path_str(&w.path("forbidden/secret.txt")));
-        assert_eq!(d["decision"]["verdict"], "deny", "{d}");
-    }
+    let d = w.decision_on("open", path_str(&w.path("forbidden/secret.txt")));
+    assert_eq!(d["kernel"]["verdict"], "deny", "{d}");
 }
 
 /// A write *through* a directory descriptor (`/proc/self/fd/N/x`, how Claude
 /// Code writes beside a file) is in no shipped write scope, though reopening
-/// a descriptor (`/proc/self/fd/N`) is. LSM mode judges the file it names
-/// and refuses; fallback mode's kernel lets the path through and the daemon
-/// kills the writer right after the open.
+/// a descriptor (`/proc/self/fd/N`) is. Both modes judge the file it
+/// reaches: LSM mode refuses, fallback mode kills the writer as the open
+/// returns.
 #[test]
 fn a_write_through_a_directory_descriptor_is_refused() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

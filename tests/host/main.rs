@@ -7,6 +7,7 @@ mod agents;
 mod bad_input;
 mod decide;
 mod enforce;
+mod files;
 mod grants;
 mod guard;
 mod labels;
