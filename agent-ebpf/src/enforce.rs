@@ -74,7 +74,13 @@ pub fn judge_open(session: &Session, flags: i64, path: &[u8], len: usize) -> Jud
 /// The verdict on one end of a file change (the path in the record):
 /// `second` is a rename's or link's new name. The same accesses as the
 /// daemon's engine asks for (agent-policy's `change_access`).
-pub fn judge_change(session: &Session, op: FileOp, second: bool, path: &[u8], len: usize) -> Judgement {
+pub fn judge_change(
+    session: &Session,
+    op: FileOp,
+    second: bool,
+    path: &[u8],
+    len: usize,
+) -> Judgement {
     let (read, write, create) = match (op, second) {
         (FileOp::Rename, false) => (false, true, false),
         (FileOp::Rename, true) => (false, true, true),

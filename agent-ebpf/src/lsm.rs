@@ -2,9 +2,7 @@
 //! happens, and a refusal is an EPERM the process sees. They judge resolved
 //! objects (the file's own path via bpf_d_path), so symlinks, `..`, `//` and
 //! `/proc/self/root` name the file they reach.
-use agent_common::{
-    Access, ENFORCED_NONE, EventKind, FileOp, Hook, MODE_LSM, PATH_MAX, ProcTag,
-};
+use agent_common::{Access, ENFORCED_NONE, EventKind, FileOp, Hook, MODE_LSM, PATH_MAX, ProcTag};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_d_path, bpf_probe_read_kernel},
@@ -390,7 +388,11 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     let (old_dir, old) = (lsm_arg!(ctx, 0) as *const u8, lsm_arg!(ctx, 1) as *const u8);
     let (new_dir, new) = (lsm_arg!(ctx, 2) as *const u8, lsm_arg!(ctx, 3) as *const u8);
     change::judge(&tag, FileOp::Rename, |rec, second| {
-        let (dir, dentry) = if second { (new_dir, new) } else { (old_dir, old) };
+        let (dir, dentry) = if second {
+            (new_dir, new)
+        } else {
+            (old_dir, old)
+        };
         // SAFETY: the hook's arguments.
         unsafe { resolve::dentry_into_record(rec, dir, dentry) };
     })

@@ -1,8 +1,8 @@
 //! The maps shared with the daemon. Names are the daemon's contract: it finds
 //! them by these names in the object and pins them under /sys/fs/bpf/agentgate.
 use agent_common::{
-    COUNTERS_LEN, EnforceConfig, PATH_MAX, EventBuf, NetRuleKey, PathRuleKey, ProcTag, RuleEntry, SessionId,
-    SessionPolicy,
+    COUNTERS_LEN, EnforceConfig, EventBuf, NetRuleKey, PATH_MAX, PathRuleKey, ProcTag, RuleEntry,
+    SessionId, SessionPolicy,
 };
 use aya_ebpf::{
     macros::map,

@@ -3,13 +3,13 @@
 use agent_common::{
     AF_INET, AF_INET6, AF_UNIX, ARGV_MAX, Counter, ENFORCED_NONE, EVENT_BUF_LEN, EVENT_DATA_LEN,
     EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook, PATH_MAX, PATH_PARTIAL,
-    PATH_SECOND_PARTIAL, ProcTag, Verdict,
-    counter_index,
+    PATH_SECOND_PARTIAL, ProcTag, Verdict, counter_index,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read, bpf_probe_read_buf,
-    bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+    bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+    bpf_probe_read_user_str_bytes,
 };
 
 use crate::{

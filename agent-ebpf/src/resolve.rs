@@ -121,11 +121,7 @@ fn current_root(l: &KernelLayout) -> (*const u8, *const u8) {
 /// `vfsmount` and `dentry` are kernel pointers (read through the checked
 /// helper only).
 #[inline(always)]
-pub unsafe fn dentry_path(
-    vfsmount: *const u8,
-    dentry: *const u8,
-    dest: &mut [u8],
-) -> (usize, u8) {
+pub unsafe fn dentry_path(vfsmount: *const u8, dentry: *const u8, dest: &mut [u8]) -> (usize, u8) {
     let l = layout::get();
     let (root_mnt, root_dentry) = current_root(&l);
     let Some(walk) = WALK_SCRATCH.get_ptr_mut(0) else {
@@ -225,8 +221,8 @@ pub fn file_of_fd(fd: i64) -> Option<*const u8> {
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let fdt = ptr_at(ptr_at(task, l.task_files), l.files_fdt);
-        let max = bpf_probe_read_kernel(fdt.wrapping_add(l.fdt_max_fds as usize) as *const u32)
-            .ok()?;
+        let max =
+            bpf_probe_read_kernel(fdt.wrapping_add(l.fdt_max_fds as usize) as *const u32).ok()?;
         if fd as u64 >= u64::from(max) {
             return None;
         }

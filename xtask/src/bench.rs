@@ -29,6 +29,12 @@ const WORKLOADS: &[(&str, &str)] = &[
         "import os\nfor _ in range(200000): os.close(os.open('/etc/hostname', os.O_RDONLY))",
     ),
     (
+        "create+rename+unlink 20000x",
+        "import os, tempfile\nd = tempfile.mkdtemp(); a, b = d + '/a', d + '/b'\n\
+         for _ in range(20000):\n os.close(os.open(a, os.O_WRONLY | os.O_CREAT)); os.rename(a, b); os.unlink(b)\n\
+         os.rmdir(d)",
+    ),
+    (
         "connect 20000x loopback",
         "import socket\nl=socket.create_server(('127.0.0.1',0)); p=l.getsockname()[1]\n\
          for _ in range(20000):\n s=socket.create_connection(('127.0.0.1',p)); c,_=l.accept(); c.close(); s.close()",
