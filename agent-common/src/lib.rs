@@ -582,6 +582,36 @@ pub struct KernelLayout {
     pub fdt_fd: u32,
     /// `mm_struct.exe_file`: the image an exec loaded.
     pub mm_exe_file: u32,
+    /// `dentry.d_inode`, `inode.i_ino` and `super_block.s_dev`: a file's
+    /// identity for `KNOWN_INODES`.
+    pub dentry_d_inode: u32,
+    pub inode_i_ino: u32,
+    pub sb_s_dev: u32,
+}
+
+/// Entries of `KNOWN_INODES`.
+pub const KNOWN_INODES_LEN: u32 = 16384;
+
+/// Key of `KNOWN_INODES`: a file by identity, whatever name reaches it.
+/// `dev` is the kernel's own encoding (`major << 20 | minor`, as in
+/// `super_block.s_dev`), not stat's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Value of `KNOWN_INODES`: the path by which rules name a file they
+/// protect. A call that reaches the file by another name (a hard link, a
+/// bind mount) is judged by this one as well.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KnownName {
+    /// Bytes of `path` before its NUL.
+    pub len: u32,
+    pub _pad: u32,
+    pub path: [u8; RULE_PATH_LEN + 1],
 }
 
 // ---- the decision test harness (agent-ebpf's `decide-test` object) -----
@@ -673,6 +703,11 @@ pub mod map {
     pub const CONFIG: &str = "CONFIG";
     pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
     pub const EXEC_VERDICTS: &str = "EXEC_VERDICTS";
+    pub const KNOWN_INODES: &str = "KNOWN_INODES";
+    pub const OPEN_FLAGS: &str = "OPEN_FLAGS";
+    pub const CHANGE_ARGS: &str = "CHANGE_ARGS";
+    pub const WALK_SCRATCH: &str = "WALK_SCRATCH";
+    pub const LAYER_WALK: &str = "LAYER_WALK";
     /// aya-log's ring buffer.
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -693,6 +728,11 @@ pub mod map {
         CONFIG,
         KEY_SCRATCH,
         EXEC_VERDICTS,
+        KNOWN_INODES,
+        OPEN_FLAGS,
+        CHANGE_ARGS,
+        WALK_SCRATCH,
+        LAYER_WALK,
         AYA_LOGS,
     ];
 }
@@ -719,6 +759,8 @@ mod pod {
         super::EnforceConfig,
         super::DecideInput,
         super::DecideOutput,
+        super::InodeKey,
+        super::KnownName,
     );
 }
 

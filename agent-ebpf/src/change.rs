@@ -1,10 +1,9 @@
 //! Changes to the file system other than opens: rename, link, symlink,
 //! unlink, rmdir, mkdir, mknod, truncate, chmod, chown. LSM mode judges
 //! them in the `path_*` hooks (lsm.rs) and refuses with EPERM; fallback
-//! mode judges them at the syscall's entry here and kills a refused caller,
-//! which stops the process but not that one call: the kernel completes it
-//! before the signal is delivered (README, "What fallback mode cannot
-//! refuse").
+//! mode judges them as the syscall returns, here, and kills a refused
+//! caller, which stops the process but not that one call: the kernel has
+//! completed it (README, threat model).
 //!
 //! Fallback paths: an absolute name is judged as written when it is plain
 //! (no `.`, `..` or `//`); a relative one is put after the kernel's own path
@@ -16,25 +15,33 @@ use agent_common::{
     PATH_RESOLVED, ProcTag, abi::AT_FDCWD as AT_FDCWD_I64,
 };
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
-    macros::tracepoint,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
     programs::TracePointContext,
 };
 
 use crate::{
-    decide::{self, Judgement},
+    SYSCALL_RET,
+    decide::{self, Judgement, Session},
     enforce::{self, EPERM},
     record::Record,
     resolve, syscall_arg, tagging,
 };
 
 /// Judges and reports one change by a tagged process. `fill(rec, second)`
-/// writes one end's path into the record's path area: the second end (a
-/// rename's or link's new name, a symlink's contents) first, which is then
-/// moved to the record's second-path area. Returns what an LSM hook
-/// returns (0 or -EPERM).
+/// writes one end's path into the record's path area and returns the
+/// dentry of the file it names (null: none yet, or not known): the second
+/// end (a rename's or link's new name, a symlink's contents) first, which
+/// is then moved to the record's second-path area. A file that rules
+/// protect (`KNOWN_INODES`) is judged by the name they know it by as well.
+/// Returns what an LSM hook returns (0 or -EPERM).
 #[inline(always)]
-pub fn judge(tag: &ProcTag, op: FileOp, mut fill: impl FnMut(&mut Record, bool)) -> i32 {
+pub fn judge(
+    tag: &ProcTag,
+    op: FileOp,
+    mut fill: impl FnMut(&mut Record, bool) -> *const u8,
+) -> i32 {
     let Ok(mut rec) = Record::begin(Hook::Change, EventKind::Change, tag) else {
         return 0;
     };
@@ -42,23 +49,18 @@ pub fn judge(tag: &ProcTag, op: FileOp, mut fill: impl FnMut(&mut Record, bool))
     let session = decide::session(tag.session);
     let mut j = Judgement::NONE;
     if op.has_second_path() {
-        fill(&mut rec, true);
+        let dentry = fill(&mut rec, true);
         // A symlink's contents are not a path it writes.
         if op != FileOp::Symlink
             && let Some(session) = &session
-            && judgeable(&mut rec)
         {
-            let (path, len) = rec.path();
-            j.merge(&enforce::judge_change(session, op, true, path, len));
+            judge_end(&mut rec, session, op, true, dentry, &mut j);
         }
         rec.keep_as_second_path();
     }
-    fill(&mut rec, false);
-    if let Some(session) = &session
-        && judgeable(&mut rec)
-    {
-        let (path, len) = rec.path();
-        j.merge(&enforce::judge_change(session, op, false, path, len));
+    let dentry = fill(&mut rec, false);
+    if let Some(session) = &session {
+        judge_end(&mut rec, session, op, false, dentry, &mut j);
     }
     let cfg = decide::config();
     let (enforced, ret) = if cfg.mode == MODE_LSM {
@@ -75,6 +77,27 @@ pub fn judge(tag: &ProcTag, op: FileOp, mut fill: impl FnMut(&mut Record, bool))
     ret
 }
 
+/// Judges the end of a change whose path is in the record, or, when the
+/// file behind `dentry` is one the rules protect, by the name they know it
+/// by (whatever name reached it).
+#[inline(always)]
+fn judge_end(
+    rec: &mut Record,
+    session: &Session,
+    op: FileOp,
+    second: bool,
+    dentry: *const u8,
+    j: &mut Judgement,
+) {
+    if !dentry.is_null() {
+        resolve::known_name(rec, dentry);
+    }
+    if judgeable(rec) {
+        let (path, len) = rec.path();
+        j.merge(&enforce::judge_change(session, op, second, path, len));
+    }
+}
+
 /// Whether the kernel can judge the path in the record: resolved by the
 /// kernel, or absolute and plain as written.
 #[inline(always)]
@@ -88,6 +111,44 @@ fn judgeable(rec: &mut Record) -> bool {
 }
 
 // ---- fallback: the syscalls -------------------------------------------
+//
+// Entry keeps the call's arguments; exit judges the call if it succeeded
+// and kills a refused caller before it returns. A call that failed changed
+// nothing and is not judged (as in LSM mode, where `path_mkdir` never runs
+// for a directory that exists, and where `mkdir -p` of `~` goes unseen).
+
+/// tid → the arguments of a change syscall in flight.
+#[map]
+static CHANGE_ARGS: LruHashMap<u32, [u64; 6]> = LruHashMap::with_max_entries(16384, 0);
+
+/// Entry: keep the arguments of a tagged caller's call in fallback mode.
+#[inline(always)]
+fn keep_args(ctx: &TracePointContext) -> u32 {
+    if tagging::lookup_current().is_none() || decide::config().mode != MODE_FALLBACK {
+        return 0;
+    }
+    let mut args = [0u64; 6];
+    for (i, a) in args.iter_mut().enumerate() {
+        // SAFETY: a syscall argument slot of the tracepoint record.
+        *a = unsafe { ctx.read_at::<u64>(syscall_arg(i)) }.unwrap_or(0);
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = CHANGE_ARGS.insert(&tid, &args, 0);
+    0
+}
+
+/// Exit: the tag and the kept arguments of a call that succeeded.
+#[inline(always)]
+fn succeeded(ctx: &TracePointContext) -> Option<(ProcTag, [u64; 6])> {
+    let tag = tagging::lookup_current()?;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copied out at once.
+    let args = *unsafe { CHANGE_ARGS.get(&tid) }?;
+    let _ = CHANGE_ARGS.remove(&tid);
+    // SAFETY: the exit record's return value.
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.ok()?;
+    (ret == 0).then_some((tag, args))
+}
 
 /// Where one path argument is: its dirfd's slot (None: relative to the
 /// working directory) and the name's.
@@ -108,14 +169,16 @@ const fn cwd(name: usize) -> Arg {
     Arg { dirfd: None, name }
 }
 
+/// Argument `i` of the kept ones.
+#[inline(always)]
+fn slot(args: &[u64; 6], i: usize) -> u64 {
+    args.get(i).copied().unwrap_or(0)
+}
+
 /// Fills the record's path with where `arg` names, as described at the top.
 #[inline(always)]
-fn fill_arg(ctx: &TracePointContext, rec: &mut Record, arg: Arg) {
-    // SAFETY: a syscall argument slot of the tracepoint record.
-    let Ok(name) = (unsafe { ctx.read_at::<*const u8>(syscall_arg(arg.name)) }) else {
-        rec.set_resolved_path(0, PATH_PARTIAL);
-        return;
-    };
+fn fill_arg(args: &[u64; 6], rec: &mut Record, arg: Arg) {
+    let name = slot(args, arg.name) as *const u8;
     // SAFETY: user memory, read through the checked helper.
     let first = unsafe { bpf_probe_read_user(name) }.unwrap_or(0);
     if first == b'/' {
@@ -124,8 +187,7 @@ fn fill_arg(ctx: &TracePointContext, rec: &mut Record, arg: Arg) {
         return;
     }
     let dirfd = match arg.dirfd {
-        // SAFETY: as above.
-        Some(i) => unsafe { ctx.read_at::<i64>(syscall_arg(i)) }.unwrap_or(AT_FDCWD_I64) as i32,
+        Some(i) => slot(args, i) as i32,
         None => AT_FDCWD_I64 as i32,
     };
     let dir = if i64::from(dirfd) == AT_FDCWD_I64 {
@@ -139,7 +201,7 @@ fn fill_arg(ctx: &TracePointContext, rec: &mut Record, arg: Arg) {
     };
     // SAFETY: a `struct path` of this process.
     unsafe { resolve::into_record(rec, dir) };
-    if rec.header().path_flags != PATH_RESOLVED || first == 0 {
+    if rec.header().path_flags & PATH_RESOLVED == 0 || first == 0 {
         // Unresolvable, or an empty name (AT_EMPTY_PATH): the dirfd itself.
         return;
     }
@@ -169,195 +231,226 @@ fn fill_arg(ctx: &TracePointContext, rec: &mut Record, arg: Arg) {
     }
 }
 
-/// Fills the record's path with the path of the file behind descriptor
-/// slot `fd`.
-#[inline(always)]
-fn fill_fd(ctx: &TracePointContext, rec: &mut Record, fd: usize) {
-    // SAFETY: a syscall argument slot of the tracepoint record.
-    let fd = unsafe { ctx.read_at::<i64>(syscall_arg(fd)) }.unwrap_or(-1) as i32;
-    match resolve::file_of_fd(i64::from(fd)) {
-        // SAFETY: a `struct file` of this process's descriptor table.
-        Some(file) => unsafe { resolve::into_record(rec, resolve::path_of_file(file)) },
-        None => rec.set_resolved_path(0, PATH_PARTIAL),
-    }
-}
-
-/// A tagged caller in fallback mode (LSM mode judges in the path hooks).
-#[inline(always)]
-fn fallback_caller() -> Option<ProcTag> {
-    let tag = tagging::lookup_current()?;
-    (decide::config().mode == MODE_FALLBACK).then_some(tag)
-}
-
 /// One path (`first`) and, for rename and link, the new name (`second`).
 #[inline(always)]
-fn on_paths(ctx: &TracePointContext, op: FileOp, first: Arg, second: Option<Arg>) -> u32 {
-    let Some(tag) = fallback_caller() else {
-        return 0;
-    };
-    judge(&tag, op, |rec, is_second| match (is_second, second) {
-        (true, Some(arg)) => fill_arg(ctx, rec, arg),
-        _ => fill_arg(ctx, rec, first),
+fn on_paths(tag: &ProcTag, args: &[u64; 6], op: FileOp, first: Arg, second: Option<Arg>) {
+    judge(tag, op, |rec, is_second| {
+        match (is_second, second) {
+            (true, Some(arg)) => fill_arg(args, rec, arg),
+            _ => fill_arg(args, rec, first),
+        }
+        // A name as written has no dentry here.
+        core::ptr::null()
     });
-    0
 }
 
 /// symlink: the contents (as written, not judged) and the new name.
 #[inline(always)]
-fn on_symlink(ctx: &TracePointContext, contents: usize, new: Arg) -> u32 {
-    let Some(tag) = fallback_caller() else {
-        return 0;
-    };
-    judge(&tag, FileOp::Symlink, |rec, is_second| {
+fn on_symlink(tag: &ProcTag, args: &[u64; 6], contents: usize, new: Arg) {
+    judge(tag, FileOp::Symlink, |rec, is_second| {
         if is_second {
-            // SAFETY: a syscall argument slot, then user memory read
-            // through the checked helper.
-            unsafe {
-                if let Ok(p) = ctx.read_at::<*const u8>(syscall_arg(contents)) {
-                    rec.read_path(p);
-                }
-            }
+            // SAFETY: user memory read through the checked helper.
+            unsafe { rec.read_path(slot(args, contents) as *const u8) };
         } else {
-            fill_arg(ctx, rec, new);
+            fill_arg(args, rec, new);
         }
+        core::ptr::null()
     });
-    0
 }
 
 /// fchmod, fchown: the file behind a descriptor.
 #[inline(always)]
-fn on_fd(ctx: &TracePointContext, op: FileOp, fd: usize) -> u32 {
-    let Some(tag) = fallback_caller() else {
-        return 0;
-    };
-    judge(&tag, op, |rec, _| fill_fd(ctx, rec, fd));
-    0
-}
-
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: a syscall argument slot of the tracepoint record.
-    unsafe { ctx.read_at::<u64>(syscall_arg(n)) }.unwrap_or(0)
+fn on_fd(tag: &ProcTag, args: &[u64; 6], op: FileOp, fd: usize) {
+    judge(tag, op, |rec, _| {
+        let Some(file) = resolve::file_of_fd(slot(args, fd) as i32 as i64) else {
+            rec.set_resolved_path(0, PATH_PARTIAL);
+            return core::ptr::null();
+        };
+        let path = resolve::path_of_file(file);
+        // SAFETY: a `struct file` of this process's descriptor table.
+        unsafe { resolve::into_record(rec, path) };
+        resolve::dentry_of_path(path)
+    });
 }
 
 const AT_REMOVEDIR: u64 = 0x200;
 
-#[tracepoint]
-pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Rename, at(0, 1), Some(at(2, 3)))
+/// The entry and exit programs of one change syscall; `$judge` gets the
+/// tag and the arguments of a call that succeeded.
+macro_rules! change_syscall {
+    ($enter:ident, $exit:ident, |$tag:ident, $args:ident| $judge:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            keep_args(&ctx)
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            if let Some(($tag, $args)) = succeeded(&ctx) {
+                let ($tag, $args) = (&$tag, &$args);
+                $judge;
+            }
+            0
+        }
+    };
 }
 
-#[tracepoint]
-pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Rename, at(0, 1), Some(at(2, 3)))
-}
-
-#[tracepoint]
-pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Rename, cwd(0), Some(cwd(1)))
-}
-
-#[tracepoint]
-pub fn sys_enter_linkat(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Link, at(0, 1), Some(at(2, 3)))
-}
-
-#[tracepoint]
-pub fn sys_enter_link(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Link, cwd(0), Some(cwd(1)))
-}
-
-#[tracepoint]
-pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
-    on_symlink(&ctx, 0, at(1, 2))
-}
-
-#[tracepoint]
-pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
-    on_symlink(&ctx, 0, cwd(1))
-}
-
-#[tracepoint]
-pub fn sys_enter_unlinkat(ctx: TracePointContext) -> u32 {
-    let op = if arg(&ctx, 2) & AT_REMOVEDIR != 0 {
+change_syscall!(sys_enter_renameat2, sys_exit_renameat2, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Rename,
+    at(0, 1),
+    Some(at(2, 3))
+));
+change_syscall!(sys_enter_renameat, sys_exit_renameat, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Rename,
+    at(0, 1),
+    Some(at(2, 3))
+));
+change_syscall!(sys_enter_rename, sys_exit_rename, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Rename,
+    cwd(0),
+    Some(cwd(1))
+));
+change_syscall!(sys_enter_linkat, sys_exit_linkat, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Link,
+    at(0, 1),
+    Some(at(2, 3))
+));
+change_syscall!(sys_enter_link, sys_exit_link, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Link,
+    cwd(0),
+    Some(cwd(1))
+));
+change_syscall!(sys_enter_symlinkat, sys_exit_symlinkat, |t, a| on_symlink(
+    t,
+    a,
+    0,
+    at(1, 2)
+));
+change_syscall!(sys_enter_symlink, sys_exit_symlink, |t, a| on_symlink(
+    t,
+    a,
+    0,
+    cwd(1)
+));
+change_syscall!(sys_enter_unlinkat, sys_exit_unlinkat, |t, a| {
+    let op = if a[2] & AT_REMOVEDIR != 0 {
         FileOp::Rmdir
     } else {
         FileOp::Unlink
     };
-    on_paths(&ctx, op, at(0, 1), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_unlink(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Unlink, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_rmdir(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Rmdir, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_mkdirat(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Mkdir, at(0, 1), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_mkdir(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Mkdir, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_mknodat(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Mknod, at(0, 1), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_mknod(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Mknod, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Truncate, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_fchmodat(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Chmod, at(0, 1), None)
-}
-
-/// fchmodat2 (6.6+): attached where the kernel has it.
-#[tracepoint]
-pub fn sys_enter_fchmodat2(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Chmod, at(0, 1), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_chmod(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Chmod, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_fchmod(ctx: TracePointContext) -> u32 {
-    on_fd(&ctx, FileOp::Chmod, 0)
-}
-
-#[tracepoint]
-pub fn sys_enter_fchownat(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Chown, at(0, 1), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_chown(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Chown, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_lchown(ctx: TracePointContext) -> u32 {
-    on_paths(&ctx, FileOp::Chown, cwd(0), None)
-}
-
-#[tracepoint]
-pub fn sys_enter_fchown(ctx: TracePointContext) -> u32 {
-    on_fd(&ctx, FileOp::Chown, 0)
-}
+    on_paths(t, a, op, at(0, 1), None)
+});
+change_syscall!(sys_enter_unlink, sys_exit_unlink, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Unlink,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_rmdir, sys_exit_rmdir, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Rmdir,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_mkdirat, sys_exit_mkdirat, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Mkdir,
+    at(0, 1),
+    None
+));
+change_syscall!(sys_enter_mkdir, sys_exit_mkdir, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Mkdir,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_mknodat, sys_exit_mknodat, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Mknod,
+    at(0, 1),
+    None
+));
+change_syscall!(sys_enter_mknod, sys_exit_mknod, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Mknod,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_truncate, sys_exit_truncate, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Truncate,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_fchmodat, sys_exit_fchmodat, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Chmod,
+    at(0, 1),
+    None
+));
+// fchmodat2 (6.6+): attached where the kernel has it.
+change_syscall!(sys_enter_fchmodat2, sys_exit_fchmodat2, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Chmod,
+    at(0, 1),
+    None
+));
+change_syscall!(sys_enter_chmod, sys_exit_chmod, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Chmod,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_fchmod, sys_exit_fchmod, |t, a| on_fd(
+    t,
+    a,
+    FileOp::Chmod,
+    0
+));
+change_syscall!(sys_enter_fchownat, sys_exit_fchownat, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Chown,
+    at(0, 1),
+    None
+));
+change_syscall!(sys_enter_chown, sys_exit_chown, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Chown,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_lchown, sys_exit_lchown, |t, a| on_paths(
+    t,
+    a,
+    FileOp::Chown,
+    cwd(0),
+    None
+));
+change_syscall!(sys_enter_fchown, sys_exit_fchown, |t, a| on_fd(
+    t,
+    a,
+    FileOp::Chown,
+    0
+));

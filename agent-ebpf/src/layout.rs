@@ -32,6 +32,9 @@ static LAYOUT: KernelLayout = KernelLayout {
     fdt_max_fds: 0,
     fdt_fd: 0,
     mm_exe_file: 0,
+    dentry_d_inode: 0,
+    inode_i_ino: 0,
+    sb_s_dev: 0,
 };
 
 #[inline(always)]

@@ -181,6 +181,10 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     if let Some(session) = session
         && file_like
     {
+        // Judged by its protected name, if it has one (see main.rs).
+        let dentry = resolve::dentry_of_path(file.wrapping_add(l.file_f_path as usize));
+        resolve::known_name(&mut rec, dentry);
+        let (path, len) = rec.path();
         let j = enforce::judge_open(&session, flags, path, len);
         session.commit(&j);
         ret = answer(&j, &mut rec);
@@ -395,6 +399,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         };
         // SAFETY: the hook's arguments.
         unsafe { resolve::dentry_into_record(rec, dir, dentry) };
+        dentry
     })
 }
 
@@ -415,6 +420,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
         let dentry = if second { new } else { old };
         // SAFETY: the hook's arguments.
         unsafe { resolve::dentry_into_record(rec, new_dir, dentry) };
+        dentry
     })
 }
 
@@ -439,6 +445,8 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
                 resolve::dentry_into_record(rec, dir, dentry);
             }
         }
+        // A new name: no file behind it yet.
+        core::ptr::null()
     })
 }
 
@@ -455,6 +463,7 @@ macro_rules! dir_entry_hook {
             change::judge(&tag, $op, |rec, _| {
                 // SAFETY: the hook's arguments.
                 unsafe { resolve::dentry_into_record(rec, dir, dentry) };
+                dentry
             })
         }
     };
@@ -472,6 +481,7 @@ macro_rules! path_hook {
             change::judge(&tag, $op, |rec, _| {
                 // SAFETY: the hook's argument.
                 unsafe { resolve::into_record(rec, path) };
+                resolve::dentry_of_path(path)
             })
         }
     };

@@ -191,7 +191,7 @@ fn try_open(ctx: &TracePointContext, args: &OpenArgs, how: bool) -> Result<u32, 
 
 /// `ret` of a `syscalls:sys_exit_*` record: after the common header and
 /// `__syscall_nr` (stable ABI, like the entry records).
-const SYSCALL_RET: usize = 16;
+pub const SYSCALL_RET: usize = 16;
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
@@ -244,14 +244,19 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let h = rec.header();
     h.arg0 = AT_FDCWD;
     h.arg1 = flags;
+    let path = resolve::path_of_file(file);
     // SAFETY: a `struct file` of this process's descriptor table.
-    unsafe { resolve::into_record(&mut rec, resolve::path_of_file(file)) };
+    unsafe { resolve::into_record(&mut rec, path) };
     let cfg = decide::config();
     if rec.header().path_flags == PATH_RESOLVED
         && let Some(session) = decide::session(tag.session)
     {
-        let (path, len) = rec.path();
-        let j = enforce::judge_open(&session, flags, path, len);
+        // A file the rules protect is judged by the name they know it by,
+        // whatever name reached it (one judgement: two would take the
+        // verifier past its budget).
+        resolve::known_name(&mut rec, resolve::dentry_of_path(path));
+        let (p, len) = rec.path();
+        let j = enforce::judge_open(&session, flags, p, len);
         let enforced = enforce::at_tracepoint(&cfg, &j);
         session.commit(&j);
         rec.judge(&j, enforced);

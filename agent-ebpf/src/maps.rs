@@ -1,8 +1,8 @@
 //! The maps shared with the daemon. Names are the daemon's contract: it finds
 //! them by these names in the object and pins them under /sys/fs/bpf/agentgate.
 use agent_common::{
-    COUNTERS_LEN, EnforceConfig, EventBuf, NetRuleKey, PATH_MAX, PathRuleKey, ProcTag, RuleEntry,
-    SessionId, SessionPolicy,
+    COUNTERS_LEN, EnforceConfig, EventBuf, InodeKey, KNOWN_INODES_LEN, KnownName, NetRuleKey,
+    PATH_MAX, PathRuleKey, ProcTag, RuleEntry, SessionId, SessionPolicy,
 };
 use aya_ebpf::{
     macros::map,
@@ -77,6 +77,13 @@ pub struct RuleKeys {
     pub suffix: Key<PathRuleKey>,
     pub net: Key<NetRuleKey>,
 }
+
+/// Files that rules protect, by identity → the path rules name them by
+/// (the daemon's to write, from the rulesets it installs): a call that
+/// reaches one by another name is judged by that path too.
+#[map]
+pub static KNOWN_INODES: HashMap<InodeKey, KnownName> =
+    HashMap::with_max_entries(KNOWN_INODES_LEN, 0);
 
 /// The path walk's state and room (resolve.rs).
 #[map]

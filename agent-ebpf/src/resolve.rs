@@ -9,7 +9,7 @@
 //! tracing program: a rename racing the walk can give a mix of old and new
 //! names. It never reads out of bounds; at worst the path is wrong for a
 //! file that was being renamed at that moment.
-use agent_common::{KernelLayout, PATH_MAX, PATH_PARTIAL, PATH_RESOLVED};
+use agent_common::{InodeKey, KernelLayout, PATH_MAX, PATH_PARTIAL, PATH_RESOLVED, RULE_PATH_LEN};
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_task, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
@@ -17,7 +17,7 @@ use aya_ebpf::{
 
 use crate::{
     layout,
-    maps::{WALK_SCRATCH, WalkState},
+    maps::{KNOWN_INODES, WALK_SCRATCH, WalkState},
     record::Record,
 };
 
@@ -256,4 +256,51 @@ pub fn exe_file() -> Option<*const u8> {
         ptr_at(ptr_at(task, l.task_mm), l.mm_exe_file)
     };
     (!file.is_null()).then_some(file)
+}
+
+/// The dentry of a kernel `struct path *`.
+pub fn dentry_of_path(path: *const u8) -> *const u8 {
+    // SAFETY: read through the checked helper.
+    unsafe { ptr_at(path, layout::get().path_dentry) }
+}
+
+/// When the file behind `dentry` is one that rules protect
+/// (`KNOWN_INODES`), puts the path rules know it by in the record (in
+/// place of the name that reached it) and returns true: a hard link or a
+/// bind mount reaches the same inode under another name.
+pub fn known_name(rec: &mut Record, dentry: *const u8) -> bool {
+    let l = layout::get();
+    // SAFETY: kernel pointers read through the checked helper.
+    let key = unsafe {
+        let inode = ptr_at(dentry, l.dentry_d_inode);
+        if inode.is_null() {
+            // A name not created yet.
+            return false;
+        }
+        let ino = bpf_probe_read_kernel(inode.wrapping_add(l.inode_i_ino as usize) as *const u64);
+        let sb = ptr_at(inode, l.inode_i_sb);
+        let dev = bpf_probe_read_kernel(sb.wrapping_add(l.sb_s_dev as usize) as *const u32);
+        let (Ok(ino), Ok(dev)) = (ino, dev) else {
+            return false;
+        };
+        InodeKey {
+            dev: u64::from(dev),
+            ino,
+        }
+    };
+    // SAFETY: a map value, copied out below before anything else runs.
+    let Some(known) = (unsafe { KNOWN_INODES.get(&key) }) else {
+        return false;
+    };
+    let n = (known.len as usize).min(RULE_PATH_LEN) & 0xff;
+    let data = rec.data();
+    if let (Some(src), Some(dest)) = (known.path.get(..n), data.get_mut(..n)) {
+        // SAFETY: both are map memory; `n` bytes.
+        let _ = unsafe { bpf_probe_read_kernel_buf(src.as_ptr(), dest) };
+    }
+    if let Some(nul) = data.get_mut(n) {
+        *nul = 0;
+    }
+    rec.set_resolved_path(n, PATH_RESOLVED);
+    true
 }

@@ -1,11 +1,11 @@
 //! The compiled policy in the kernel: installs each session's ruleset into
 //! the rule maps, swaps it on reload, marks sessions expired, and tells the
 //! programs how to enforce.
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use agent_common::{
-    EnforceConfig, Layer, NetRuleKey, PathRuleKey, RuleEntry, SESSION_EXPIRED,
-    SESSION_EXPIRED_KILL, SessionId, SessionPolicy,
+    EnforceConfig, InodeKey, KNOWN_INODES_LEN, KnownName, Layer, NetRuleKey, PathRuleKey,
+    RuleEntry, SESSION_EXPIRED, SESSION_EXPIRED_KILL, SessionId, SessionPolicy, map,
 };
 pub use agentgate_policy::KernelRuleset;
 use aya::{
@@ -13,6 +13,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie},
 };
 use thiserror::Error;
+
+use crate::identity;
 
 #[derive(Debug, Error)]
 pub enum EnforceError {
@@ -52,6 +54,8 @@ struct Installed {
     active_tool: Option<String>,
     /// Grant id → the entries it put in, with what each one replaced.
     grants: HashMap<u64, GrantEntries>,
+    /// Where the files its rules protect are (see `identity`).
+    places: Vec<PathBuf>,
 }
 
 /// A grant's keys, each with the entry that was at that exact key before
@@ -230,6 +234,9 @@ pub struct Enforcer {
     installed: HashMap<SessionId, Installed>,
     next_ruleset: u32,
     label_bits: LabelBits,
+    /// `KNOWN_INODES`, and what this daemon put in it.
+    known: BpfHashMap<MapData, InodeKey, KnownName>,
+    known_now: HashMap<InodeKey, PathBuf>,
 }
 
 impl Enforcer {
@@ -262,6 +269,8 @@ impl Enforcer {
             installed: HashMap::new(),
             next_ruleset,
             label_bits: LabelBits::default(),
+            known: take(ebpf, map::KNOWN_INODES)?,
+            known_now: HashMap::new(),
         })
     }
 
@@ -353,6 +362,7 @@ impl Enforcer {
             tools: HashMap::new(),
             active_tool: None,
             grants: HashMap::new(),
+            places: identity::protected_places(rules),
         };
         for (name, t) in tools {
             match self.insert_ruleset(t) {
@@ -393,7 +403,34 @@ impl Enforcer {
         if let Some(old) = self.installed.insert(session, added) {
             self.remove_installed(&old);
         }
+        self.refresh_known_inodes();
         Ok(())
+    }
+
+    /// Brings `KNOWN_INODES` up to date with the files the installed rules
+    /// protect, as they are on disk now.
+    pub fn refresh_known_inodes(&mut self) {
+        let mut places: Vec<PathBuf> = self
+            .installed
+            .values()
+            .flat_map(|i| i.places.iter().cloned())
+            .collect();
+        places.sort();
+        places.dedup();
+        let now = identity::scan(&places, KNOWN_INODES_LEN as usize);
+        for key in self.known_now.keys() {
+            if !now.contains_key(key) {
+                let _ = self.known.remove(key);
+            }
+        }
+        for (key, path) in &now {
+            if self.known_now.get(key) != Some(path)
+                && let Err(e) = self.known.insert(key, identity::known_name(path), 0)
+            {
+                log::warn!("{}: not known by its inode: {e}", path.display());
+            }
+        }
+        self.known_now = now;
     }
 
     /// Inserts one ruleset's entries under a fresh ruleset id.
@@ -603,6 +640,7 @@ impl Enforcer {
         let _ = self.kernel_labels.remove(&session);
         if let Some(i) = self.installed.remove(&session) {
             self.remove_installed(&i);
+            self.refresh_known_inodes();
         }
     }
 

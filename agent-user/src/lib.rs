@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod events;
+pub mod identity;
 pub mod journal;
 pub mod loader;
 pub mod mount;

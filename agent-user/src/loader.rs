@@ -41,29 +41,52 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("sys_exit_open", "syscalls", "sys_exit_open"),
     ("sys_exit_creat", "syscalls", "sys_exit_creat"),
-    // Other changes to files (change.rs).
+    // Other changes to files (change.rs): the arguments at entry, the
+    // call judged at exit.
     ("sys_enter_renameat2", "syscalls", "sys_enter_renameat2"),
+    ("sys_exit_renameat2", "syscalls", "sys_exit_renameat2"),
     ("sys_enter_renameat", "syscalls", "sys_enter_renameat"),
+    ("sys_exit_renameat", "syscalls", "sys_exit_renameat"),
     ("sys_enter_rename", "syscalls", "sys_enter_rename"),
+    ("sys_exit_rename", "syscalls", "sys_exit_rename"),
     ("sys_enter_linkat", "syscalls", "sys_enter_linkat"),
+    ("sys_exit_linkat", "syscalls", "sys_exit_linkat"),
     ("sys_enter_link", "syscalls", "sys_enter_link"),
+    ("sys_exit_link", "syscalls", "sys_exit_link"),
     ("sys_enter_symlinkat", "syscalls", "sys_enter_symlinkat"),
+    ("sys_exit_symlinkat", "syscalls", "sys_exit_symlinkat"),
     ("sys_enter_symlink", "syscalls", "sys_enter_symlink"),
+    ("sys_exit_symlink", "syscalls", "sys_exit_symlink"),
     ("sys_enter_unlinkat", "syscalls", "sys_enter_unlinkat"),
+    ("sys_exit_unlinkat", "syscalls", "sys_exit_unlinkat"),
     ("sys_enter_unlink", "syscalls", "sys_enter_unlink"),
+    ("sys_exit_unlink", "syscalls", "sys_exit_unlink"),
     ("sys_enter_rmdir", "syscalls", "sys_enter_rmdir"),
+    ("sys_exit_rmdir", "syscalls", "sys_exit_rmdir"),
     ("sys_enter_mkdirat", "syscalls", "sys_enter_mkdirat"),
+    ("sys_exit_mkdirat", "syscalls", "sys_exit_mkdirat"),
     ("sys_enter_mkdir", "syscalls", "sys_enter_mkdir"),
+    ("sys_exit_mkdir", "syscalls", "sys_exit_mkdir"),
     ("sys_enter_mknodat", "syscalls", "sys_enter_mknodat"),
+    ("sys_exit_mknodat", "syscalls", "sys_exit_mknodat"),
     ("sys_enter_mknod", "syscalls", "sys_enter_mknod"),
+    ("sys_exit_mknod", "syscalls", "sys_exit_mknod"),
     ("sys_enter_truncate", "syscalls", "sys_enter_truncate"),
+    ("sys_exit_truncate", "syscalls", "sys_exit_truncate"),
     ("sys_enter_fchmodat", "syscalls", "sys_enter_fchmodat"),
+    ("sys_exit_fchmodat", "syscalls", "sys_exit_fchmodat"),
     ("sys_enter_chmod", "syscalls", "sys_enter_chmod"),
+    ("sys_exit_chmod", "syscalls", "sys_exit_chmod"),
     ("sys_enter_fchmod", "syscalls", "sys_enter_fchmod"),
+    ("sys_exit_fchmod", "syscalls", "sys_exit_fchmod"),
     ("sys_enter_fchownat", "syscalls", "sys_enter_fchownat"),
+    ("sys_exit_fchownat", "syscalls", "sys_exit_fchownat"),
     ("sys_enter_chown", "syscalls", "sys_enter_chown"),
+    ("sys_exit_chown", "syscalls", "sys_exit_chown"),
     ("sys_enter_lchown", "syscalls", "sys_enter_lchown"),
+    ("sys_exit_lchown", "syscalls", "sys_exit_lchown"),
     ("sys_enter_fchown", "syscalls", "sys_enter_fchown"),
+    ("sys_exit_fchown", "syscalls", "sys_exit_fchown"),
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     // Confinement (guard.rs): no new namespaces, mounts, chroot or setns.
     ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
@@ -91,8 +114,10 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// Tracepoints of syscalls that older kernels lack (fchmodat2: 6.6):
 /// attached where tracefs has them, and listed in `attached` when they are.
-const TRACEPOINTS_IF_PRESENT: &[(&str, &str, &str)] =
-    &[("sys_enter_fchmodat2", "syscalls", "sys_enter_fchmodat2")];
+const TRACEPOINTS_IF_PRESENT: &[(&str, &str, &str)] = &[
+    ("sys_enter_fchmodat2", "syscalls", "sys_enter_fchmodat2"),
+    ("sys_exit_fchmodat2", "syscalls", "sys_exit_fchmodat2"),
+];
 
 /// cgroup v2 socket-address programs, attached to the root cgroup.
 const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
@@ -248,6 +273,9 @@ pub fn kernel_layout() -> Result<KernelLayout, LoadError> {
         fdt_max_fds: member("fdtable", "max_fds")?,
         fdt_fd: member("fdtable", "fd")?,
         mm_exe_file: member("mm_struct", "exe_file")?,
+        dentry_d_inode: member("dentry", "d_inode")?,
+        inode_i_ino: member("inode", "i_ino")?,
+        sb_s_dev: member("super_block", "s_dev")?,
     })
 }
 

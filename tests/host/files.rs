@@ -242,3 +242,66 @@ fn io_uring_and_open_by_handle_are_refused_in_fallback_mode() {
         assert_eq!(status_of(&plain, name), 0, "{name}: twin: {plain:?}");
     }
 }
+
+/// A descriptor opened for reading, reopened for writing through
+/// `/dev/fd/N`, is judged as a write of the file it reaches (red team #1).
+#[test]
+fn a_descriptor_reopened_for_writing_is_a_write_of_its_file() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let w = World::with_policy(&repo.join("policies"));
+    let outside =
+        std::path::PathBuf::from(format!("/home/agentgate-test-fd-{}", std::process::id()));
+    fs::create_dir_all(&outside).unwrap();
+    let target = outside.join("target.txt");
+    fs::write(&target, "original\n").unwrap();
+    let script = format!(
+        "sh -c 'exec 3<{t}; echo PWNED >>/dev/fd/3'; echo fd=$?",
+        t = target.display()
+    );
+    let out = w.tagged_with(&["--profile", "coding-agent"], &script);
+    let left = fs::read_to_string(&target).unwrap();
+    let plain = w.untagged(&script);
+    let after_twin = fs::read_to_string(&target).unwrap();
+    fs::remove_dir_all(&outside).unwrap();
+    let status = status_of(&out, "fd");
+    match w.mode {
+        Mode::Lsm => assert!(status != 0 && status != 137, "{out:?}"),
+        Mode::Fallback => assert_eq!(status, 137, "{out:?}"),
+    }
+    assert_eq!(left, "original\n", "the file was written through /dev/fd");
+    assert_eq!(status_of(&plain, "fd"), 0, "{plain:?}");
+    assert_eq!(after_twin, "original\nPWNED\n", "the untagged twin writes");
+}
+
+/// A hard link or a bind mount made outside the session reaches the
+/// protected file under a name no rule speaks of: the kernel knows the file
+/// by its inode (`KNOWN_INODES`) and judges the call by its protected name.
+#[test]
+fn a_protected_file_reached_by_another_name_is_still_protected() {
+    let w = World::new();
+    fs::hard_link(w.path("forbidden/secret.txt"), w.path("hardlink")).unwrap();
+    let bound = w.path("bound.txt");
+    fs::write(&bound, "decoy").unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "--bind",
+            path_str(&w.path("forbidden/secret.txt")),
+            path_str(&bound),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "bind mount for the test");
+    for name in ["hardlink", "bound.txt"] {
+        let script = format!("cat {name}; echo read=$?");
+        let out = w.tagged(&script);
+        let plain = w.untagged(&script);
+        assert!(!stdout(&out).contains(SECRET), "{name}: read: {out:?}");
+        assert_eq!(status_of(&out, "read"), w.refused(1), "{name}: {out:?}");
+        assert!(stdout(&plain).contains(SECRET), "{name}: twin: {plain:?}");
+    }
+    let _ = std::process::Command::new("umount").arg(&bound).status();
+    // Reported under the name the rules protect.
+    let d = w.decision_on("open", path_str(&w.path("forbidden/secret.txt")));
+    assert_eq!(d["decision"]["rule"], "no-forbidden-files", "{d}");
+}
