@@ -264,6 +264,228 @@ fn attacks_are_refused() {
     }
 }
 
+/// The well-known homes of credentials: container platforms and
+/// orchestrators, CI runners, developer tools' token files. Each is refused
+/// by the rule that says what it protects, in every profile.
+#[test]
+fn well_known_credentials_are_refused() {
+    let set = shipped();
+    let cases = [
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "no-cluster-secrets",
+        ),
+        (
+            "/run/secrets/kubernetes.io/serviceaccount/..2024_01_01_00_00_00.1/token",
+            "no-cluster-secrets",
+        ),
+        (
+            "/run/secrets/eks.amazonaws.com/serviceaccount/token",
+            "no-cluster-secrets",
+        ),
+        ("/run/secrets/db_password", "no-cluster-secrets"),
+        ("/run/credentials/app.service/token", "no-cluster-secrets"),
+        ("/etc/kubernetes/admin.conf", "no-cluster-secrets"),
+        ("/etc/kubernetes/pki/ca.key", "no-cluster-secrets"),
+        (
+            "/var/lib/kubelet/pki/kubelet-client-current.pem",
+            "no-cluster-secrets",
+        ),
+        ("/var/lib/etcd/member/snap/db", "no-cluster-secrets"),
+        ("/etc/rancher/k3s/k3s.yaml", "no-cluster-secrets"),
+        (
+            "/var/lib/kubelet/pods/0f3a/volumes/kubernetes.io~secret/tls/tls.key",
+            "no-pod-secrets-or-podman-logins",
+        ),
+        (
+            "/run/user/1000/containers/auth.json",
+            "no-pod-secrets-or-podman-logins",
+        ),
+        (
+            "/run/containers/0/auth.json",
+            "no-pod-secrets-or-podman-logins",
+        ),
+        ("/home/u/.kube/config", "no-cloud-credentials"),
+        ("/home/u/.docker/config.json", "no-cloud-credentials"),
+        (
+            "/home/u/.docker/contexts/tls/0a1b/docker/key.pem",
+            "no-cloud-credentials",
+        ),
+        (
+            "/home/u/.config/containers/auth.json",
+            "no-cloud-credentials",
+        ),
+        ("/home/u/.config/gh/hosts.yml", "no-cloud-credentials"),
+        (
+            "/home/u/.config/glab-cli/config.yml",
+            "no-cloud-credentials",
+        ),
+        (
+            "/home/u/.terraform.d/credentials.tfrc.json",
+            "no-cloud-credentials",
+        ),
+        ("/home/u/.config/doctl/config.yaml", "no-cloud-credentials"),
+        ("/home/u/.fly/config.yml", "no-cloud-credentials"),
+        (
+            "/home/u/.local/share/com.vercel.cli/auth.json",
+            "no-cloud-credentials",
+        ),
+        (
+            "/home/u/.config/netlify/config.json",
+            "no-cloud-credentials",
+        ),
+        (
+            "/home/u/.azure/msal_token_cache.json",
+            "no-cloud-credentials",
+        ),
+        (
+            "/home/u/.config/gcloud/application_default_credentials.json",
+            "no-cloud-credentials",
+        ),
+        (
+            "/home/u/actions-runner/.credentials",
+            "no-ci-runner-secrets",
+        ),
+        (
+            "/opt/actions-runner/.credentials_rsaparams",
+            "no-ci-runner-secrets",
+        ),
+        ("/etc/gitlab-runner/config.toml", "no-ci-runner-secrets"),
+        ("/home/u/.gitlab-runner/config.toml", "no-ci-runner-secrets"),
+        (
+            "/etc/buildkite-agent/buildkite-agent.cfg",
+            "no-ci-runner-secrets",
+        ),
+        (
+            "/var/lib/jenkins/secrets/master.key",
+            "no-ci-runner-secrets",
+        ),
+        ("/var/lib/jenkins/credentials.xml", "no-ci-runner-secrets"),
+        (
+            "/home/u/.jenkins/secrets/initialAdminPassword",
+            "no-ci-runner-secrets",
+        ),
+        ("/home/u/.circleci/cli.yml", "no-ci-runner-secrets"),
+        ("/home/u/.config/git/credentials", "no-password-stores"),
+        ("/home/u/_netrc", "no-password-stores"),
+        ("/home/u/.vault-token", "no-password-stores"),
+        ("/home/u/.config/op/config", "no-password-stores"),
+        (
+            "/home/u/.local/share/gopass/stores/root/x.gpg",
+            "no-password-stores",
+        ),
+        ("/home/u/.config/sops/age/keys.txt", "no-password-stores"),
+        ("/home/u/.cargo/credentials.toml", "no-registry-tokens"),
+        ("/root/.cargo/credentials", "no-registry-tokens"),
+        ("/home/u/.gem/credentials", "no-registry-tokens"),
+        ("/home/u/.config/composer/auth.json", "no-registry-tokens"),
+        ("/home/u/.cache/huggingface/token", "no-registry-tokens"),
+        ("/home/u/.huggingface/token", "no-registry-tokens"),
+        (
+            "/home/other/.docker/config.json",
+            "no-other-homes-credentials",
+        ),
+        (
+            "/home/other/.config/gh/hosts.yml",
+            "no-other-homes-credentials",
+        ),
+    ];
+    for profile in ["coding-agent", "default", "ops-agent"] {
+        for (p, rule) in &cases {
+            let d = decide(&set, profile, &read(p));
+            assert_eq!(
+                (d.verdict, d.rule_name()),
+                (Verdict::Deny, *rule),
+                "{profile}: {p}"
+            );
+        }
+    }
+    // A write allowance (~/.cache/**, ~/.cargo/**) does not open them either.
+    for p in [
+        "/home/u/.cache/huggingface/token",
+        "/home/u/.cargo/credentials.toml",
+    ] {
+        let d = decide(&set, "coding-agent", &write(p));
+        assert_eq!(
+            (d.verdict, d.rule_name()),
+            (Verdict::Deny, "no-registry-tokens"),
+            "{p}"
+        );
+    }
+    // Their neighbours that hold no credential stay readable.
+    for p in [
+        "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        "/home/u/actions-runner/.runner",
+        "/home/u/.cargo/config.toml",
+        "/home/u/.cargo/registry/index/x",
+        "/home/u/.cache/huggingface/hub/models--x/config.json",
+        "/home/u/.docker/contexts/meta/0a1b/meta.json",
+    ] {
+        let d = decide(&set, "coding-agent", &read(p));
+        assert_eq!(
+            (d.verdict, d.rule_name()),
+            (Verdict::Allow, "coding-agent.read"),
+            "{p}"
+        );
+    }
+}
+
+/// Files a build tool reads by itself on every run, which may hold a
+/// registry token: the read goes through and the session holds a secret.
+#[test]
+fn package_manager_configs_are_read_as_secrets() {
+    let set = shipped();
+    let secret = set.labels().bit("secret-read").unwrap();
+    for p in [
+        "/home/u/.npmrc",
+        "/home/u/.yarnrc.yml",
+        "/home/u/.config/pip/pip.conf",
+        "/home/u/.pip/pip.conf",
+        "/home/u/.bundle/config",
+        "/home/u/.m2/settings.xml",
+        "/home/u/.gradle/gradle.properties",
+        "/work/ws/.envrc",
+        "/work/ws/.env.development.local",
+    ] {
+        let d = decide(&set, "coding-agent", &read(p));
+        assert_eq!(
+            (d.verdict, d.rule_name(), d.set_labels),
+            (Verdict::Audit, "secret-file-read", secret),
+            "{p}"
+        );
+    }
+}
+
+/// A runtime must read its own login: Claude Code's and Codex's
+/// credentials stay readable, unlabelled, and only their writes are refused.
+#[test]
+fn runtimes_read_their_own_credentials() {
+    let set = shipped();
+    for p in [
+        "/home/u/.claude/.credentials.json",
+        "/home/u/.claude.json",
+        "/home/u/.codex/auth.json",
+    ] {
+        let d = decide(&set, "coding-agent", &read(p));
+        assert_eq!(
+            (d.verdict, d.rule_name(), d.set_labels),
+            (Verdict::Allow, "coding-agent.read", 0),
+            "{p}"
+        );
+    }
+    for p in [
+        "/home/u/.claude/.credentials.json",
+        "/home/u/.codex/auth.json",
+    ] {
+        let d = decide(&set, "coding-agent", &write(p));
+        assert_eq!(
+            (d.verdict, d.rule_name()),
+            (Verdict::Deny, "agent-config-is-the-operators"),
+            "{p}"
+        );
+    }
+}
+
 #[test]
 fn adversarial_paths_are_normalised_before_matching() {
     let set = shipped();
