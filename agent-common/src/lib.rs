@@ -76,10 +76,14 @@ pub enum FileOp {
     Truncate = 8,
     Chmod = 9,
     Chown = 10,
+    /// A new regular file (`open` with `O_CREAT`, or `mknod` of a regular
+    /// file), judged in LSM mode before it exists (`path_mknod`); the open
+    /// that follows is reported as an open.
+    Create = 11,
 }
 
 impl FileOp {
-    pub const ALL: [FileOp; 10] = [
+    pub const ALL: [FileOp; 11] = [
         FileOp::Rename,
         FileOp::Link,
         FileOp::Symlink,
@@ -90,6 +94,7 @@ impl FileOp {
         FileOp::Truncate,
         FileOp::Chmod,
         FileOp::Chown,
+        FileOp::Create,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -108,6 +113,7 @@ impl FileOp {
             FileOp::Truncate => "truncate",
             FileOp::Chmod => "chmod",
             FileOp::Chown => "chown",
+            FileOp::Create => "create",
         }
     }
 

@@ -73,7 +73,10 @@ pub fn judge(
         session.commit(&j);
     }
     rec.judge(&j, enforced);
-    rec.emit(Hook::Change);
+    // A new file let through is reported by the open that made it.
+    if op != FileOp::Create || j.verdict.blocks() {
+        rec.emit(Hook::Change);
+    }
     ret
 }
 

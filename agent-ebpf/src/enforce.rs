@@ -86,7 +86,9 @@ pub fn judge_change(
         (FileOp::Rename, true) => (false, true, true),
         // A new name for a file reaches it: read and write, as if opened.
         (FileOp::Link, false) => (true, true, false),
-        (FileOp::Link | FileOp::Symlink | FileOp::Mkdir | FileOp::Mknod, _) => (false, false, true),
+        (FileOp::Link | FileOp::Symlink | FileOp::Mkdir | FileOp::Mknod | FileOp::Create, _) => {
+            (false, false, true)
+        }
         (FileOp::Unlink | FileOp::Rmdir | FileOp::Truncate | FileOp::Chmod | FileOp::Chown, _) => {
             (false, true, false)
         }

@@ -469,6 +469,31 @@ macro_rules! dir_entry_hook {
     };
 }
 
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    // path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode,
+    //            unsigned int dev): also what an open with O_CREAT calls
+    // (may_o_create) before it makes a regular file.
+    let Some(tag) = change_caller(lsm_arg!(ctx, 4)) else {
+        return 0;
+    };
+    let (dir, dentry) = (lsm_arg!(ctx, 0) as *const u8, lsm_arg!(ctx, 1) as *const u8);
+    let kind = lsm_arg!(ctx, 2) as u32 & S_IFMT;
+    let op = if kind == 0 || kind == S_IFREG {
+        FileOp::Create
+    } else {
+        FileOp::Mknod
+    };
+    change::judge(&tag, op, |rec, _| {
+        // SAFETY: the hook's arguments.
+        unsafe { resolve::dentry_into_record(rec, dir, dentry) };
+        dentry
+    })
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+
 /// A hook on a file by its path: `(const struct path *path, …)`.
 macro_rules! path_hook {
     ($name:ident, $hook:literal, $op:expr, $previous:tt) => {
@@ -490,7 +515,6 @@ macro_rules! path_hook {
 dir_entry_hook!(path_unlink, "path_unlink", FileOp::Unlink, 2);
 dir_entry_hook!(path_rmdir, "path_rmdir", FileOp::Rmdir, 2);
 dir_entry_hook!(path_mkdir, "path_mkdir", FileOp::Mkdir, 3);
-dir_entry_hook!(path_mknod, "path_mknod", FileOp::Mknod, 4);
 path_hook!(path_truncate, "path_truncate", FileOp::Truncate, 1);
 path_hook!(path_chmod, "path_chmod", FileOp::Chmod, 2);
 path_hook!(path_chown, "path_chown", FileOp::Chown, 3);

@@ -297,6 +297,7 @@ fn print_status(socket: &Path) -> anyhow::Result<ExitCode> {
         s.events_read, s.events_malformed
     );
     println!("processes cached: {}", s.cached_processes);
+    println!("files known by inode: {}", s.known_inodes);
     println!(
         "{:<10} {:>12} {:>12} {:>12} {:>12}",
         "hook", "seen", "emitted", "dropped", "blocked"

@@ -296,6 +296,9 @@ pub struct Status {
     /// Processes the daemon's process cache holds.
     #[prost(uint64, tag = "9")]
     pub cached_processes: u64,
+    /// Files the rules protect that the kernel knows by inode.
+    #[prost(uint64, tag = "10")]
+    pub known_inodes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -407,6 +407,11 @@ impl Enforcer {
         Ok(())
     }
 
+    /// How many protected files the kernel knows by inode.
+    pub fn known_inodes(&self) -> usize {
+        self.known_now.len()
+    }
+
     /// Brings `KNOWN_INODES` up to date with the files the installed rules
     /// protect, as they are on disk now.
     pub fn refresh_known_inodes(&mut self) {

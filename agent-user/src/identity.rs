@@ -63,11 +63,68 @@ fn place(bytes: &[u8]) -> Option<PathBuf> {
     (path.components().count() > 2).then(|| path.to_path_buf())
 }
 
-/// The kernel's encoding of a device number (`super_block.s_dev`), from
-/// stat's.
-pub fn kernel_dev(st_dev: u64) -> u64 {
-    let (major, minor) = (libc::major(st_dev) as u64, libc::minor(st_dev) as u64);
+/// The kernel's encoding of a device number (`MKDEV`, as in
+/// `super_block.s_dev`).
+pub fn kernel_dev(major: u64, minor: u64) -> u64 {
     major << 20 | minor
+}
+
+/// Mount points and their superblock's device, from mountinfo. stat's
+/// device is not always the superblock's: overlayfs reports the layer's
+/// for files, btrfs a subvolume's; mountinfo's `major:minor` is
+/// `super_block.s_dev`, what the kernel programs read.
+pub struct Mounts(Vec<(PathBuf, u64)>);
+
+impl Mounts {
+    pub fn read() -> Self {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Self {
+        let mounts = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let (major, minor) = f.nth(2)?.split_once(':')?;
+                let point = f.nth(1)?;
+                let dev = kernel_dev(major.parse().ok()?, minor.parse().ok()?);
+                Some((PathBuf::from(unescape(point)), dev))
+            })
+            .collect();
+        Self(mounts)
+    }
+
+    /// The superblock device of the mount `path` is on: the last-mounted
+    /// of the longest mount points above it.
+    fn dev_of(&self, path: &Path) -> Option<u64> {
+        self.0
+            .iter()
+            .filter(|(point, _)| path.starts_with(point))
+            .max_by_key(|(point, _)| point.components().count())
+            .map(|(_, dev)| *dev)
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(code) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every regular file at or under `places` (each bounded by
@@ -75,6 +132,7 @@ pub fn kernel_dev(st_dev: u64) -> u64 {
 /// an inode is kept. Symlinks are not followed: a rule names where a file
 /// is, and its identity is taken from there.
 pub fn scan(places: &[PathBuf], limit: usize) -> HashMap<InodeKey, PathBuf> {
+    let mounts = Mounts::read();
     let mut found = HashMap::new();
     for place in places {
         let mut taken = 0;
@@ -92,9 +150,12 @@ pub fn scan(places: &[PathBuf], limit: usize) -> HashMap<InodeKey, PathBuf> {
                 {
                     stack.extend(entries.flatten().map(|e| (e.path(), depth + 1)));
                 }
-            } else if meta.is_file() && path.as_os_str().len() <= RULE_PATH_LEN {
+            } else if meta.is_file()
+                && path.as_os_str().len() <= RULE_PATH_LEN
+                && let Some(dev) = mounts.dev_of(&path)
+            {
                 let key = InodeKey {
-                    dev: kernel_dev(meta.dev()),
+                    dev,
                     ino: meta.ino(),
                 };
                 found.entry(key).or_insert(path);
@@ -145,7 +206,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         let meta = fs::metadata(&link).unwrap();
         let key = InodeKey {
-            dev: kernel_dev(meta.dev()),
+            dev: Mounts::read().dev_of(&link).unwrap(),
             ino: meta.ino(),
         };
         // The link is found under the protected name.
@@ -155,6 +216,20 @@ mod tests {
             &v.path[..v.len as usize],
             keys.join("id").as_os_str().as_encoded_bytes()
         );
+    }
+
+    #[test]
+    fn the_device_is_the_superblock_s_of_the_nearest_mount() {
+        let m = Mounts::parse(
+            "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
+             30 22 8:3 / /home rw - btrfs /dev/sda3 rw\n\
+             31 22 0:45 / /tmp/with\\040space rw - tmpfs tmpfs rw\n",
+        );
+        assert_eq!(m.dev_of(Path::new("/etc/passwd")), Some(21));
+        assert_eq!(m.dev_of(Path::new("/home/u/.ssh/id")), Some(8 << 20 | 3));
+        assert_eq!(m.dev_of(Path::new("/tmp/with space/x")), Some(45));
+        // A sibling whose name starts the same is not under the mount.
+        assert_eq!(m.dev_of(Path::new("/homework")), Some(21));
     }
 
     #[test]

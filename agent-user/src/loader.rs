@@ -32,6 +32,24 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exit", "sched", "sched_process_exit"),
     ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    // Confinement (guard.rs): no new namespaces, mounts, chroot or setns.
+    ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
+    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
+    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
+    ("sys_enter_setns", "syscalls", "sys_enter_setns"),
+    ("sys_enter_mount", "syscalls", "sys_enter_mount"),
+    ("sys_enter_move_mount", "syscalls", "sys_enter_move_mount"),
+    ("sys_enter_chroot", "syscalls", "sys_enter_chroot"),
+    ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
+    ("sys_enter_open_tree", "syscalls", "sys_enter_open_tree"),
+    ("sys_enter_fsopen", "syscalls", "sys_enter_fsopen"),
+];
+
+/// Tracepoint programs only fallback mode needs (LSM mode judges the same
+/// calls in its hooks, and these would only return): not loaded in LSM
+/// mode, which spares their verification.
+const FALLBACK_TRACEPOINTS: &[(&str, &str, &str)] = &[
     // Opens: the flags at entry, the opened file judged at exit.
     ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
@@ -87,17 +105,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_lchown", "syscalls", "sys_exit_lchown"),
     ("sys_enter_fchown", "syscalls", "sys_enter_fchown"),
     ("sys_exit_fchown", "syscalls", "sys_exit_fchown"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-    // Confinement (guard.rs): no new namespaces, mounts, chroot or setns.
-    ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
-    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
-    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
-    ("sys_enter_setns", "syscalls", "sys_enter_setns"),
-    ("sys_enter_mount", "syscalls", "sys_enter_mount"),
-    ("sys_enter_move_mount", "syscalls", "sys_enter_move_mount"),
-    ("sys_enter_chroot", "syscalls", "sys_enter_chroot"),
-    ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
-    // Ways around the file hooks (guard.rs).
+    // Ways around the file hooks (guard.rs): LSM mode judges their opens.
     (
         "sys_enter_io_uring_setup",
         "syscalls",
@@ -108,12 +116,11 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
         "syscalls",
         "sys_enter_open_by_handle_at",
     ),
-    ("sys_enter_open_tree", "syscalls", "sys_enter_open_tree"),
-    ("sys_enter_fsopen", "syscalls", "sys_enter_fsopen"),
 ];
 
-/// Tracepoints of syscalls that older kernels lack (fchmodat2: 6.6):
-/// attached where tracefs has them, and listed in `attached` when they are.
+/// Fallback tracepoints of syscalls that older kernels lack (fchmodat2:
+/// 6.6): attached where tracefs has them, and listed in `attached` when
+/// they are.
 const TRACEPOINTS_IF_PRESENT: &[(&str, &str, &str)] = &[
     ("sys_enter_fchmodat2", "syscalls", "sys_enter_fchmodat2"),
     ("sys_exit_fchmodat2", "syscalls", "sys_exit_fchmodat2"),
@@ -395,16 +402,18 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let mut attached = Vec::new();
+    let fallback: &[_] = if opts.lsm { &[] } else { FALLBACK_TRACEPOINTS };
     let present = TRACEPOINTS_IF_PRESENT
         .iter()
         .filter(|(_, category, event)| {
-            Path::new(TRACEFS)
-                .join("events")
-                .join(category)
-                .join(event)
-                .exists()
+            !opts.lsm
+                && Path::new(TRACEFS)
+                    .join("events")
+                    .join(category)
+                    .join(event)
+                    .exists()
         });
-    for &(name, category, event) in TRACEPOINTS.iter().chain(present) {
+    for &(name, category, event) in TRACEPOINTS.iter().chain(fallback).chain(present) {
         if !adopt_link(&generation, name) {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(failed(name))?;

@@ -189,7 +189,7 @@ pub fn change_access(op: FileOp) -> (AccessMask, Option<AccessMask>) {
             AccessMask::of(Access::Read).with(Access::Write),
             Some(create),
         ),
-        FileOp::Symlink | FileOp::Mkdir | FileOp::Mknod => (create, None),
+        FileOp::Symlink | FileOp::Mkdir | FileOp::Mknod | FileOp::Create => (create, None),
         FileOp::Unlink | FileOp::Rmdir | FileOp::Truncate | FileOp::Chmod | FileOp::Chown => {
             (write, None)
         }

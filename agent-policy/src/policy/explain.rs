@@ -8,7 +8,7 @@
 //! rename|link FROM TO                   rename /tmp/x ~/.bashrc    link ~/.ssh/id_rsa keys
 //! symlink CONTENTS NEWNAME              symlink /etc/shadow s      (`ln -s` order)
 //! unlink|rmdir|mkdir|mknod PATH         unlink /etc/cron.d/x       mkdir build
-//! truncate|chmod|chown PATH             chmod /etc/passwd
+//! create|truncate|chmod|chown PATH      chmod /etc/passwd          (create: a new file)
 //! ```
 //! `~` is the session's home, `${workspace}` its workspace; a relative PATH
 //! is taken in the workspace. A symlink's CONTENTS are kept as written
@@ -23,7 +23,7 @@ use super::context::SessionContext;
 
 pub const SYNTAX: &str = "exec PATH [ARG…] | open read|write|create[,…] PATH | connect ADDR:PORT | \
      connect unix:PATH | rename|link FROM TO | symlink CONTENTS NEWNAME | \
-     unlink|rmdir|mkdir|mknod|truncate|chmod|chown PATH";
+     unlink|rmdir|mkdir|mknod|create|truncate|chmod|chown PATH";
 
 fn expand(word: &str, ctx: &SessionContext) -> PathBuf {
     let first = |v: &[Vec<u8>]| v.first().cloned().unwrap_or_default();
@@ -224,6 +224,7 @@ mod tests {
             ("rmdir", FileOp::Rmdir),
             ("mkdir", FileOp::Mkdir),
             ("mknod", FileOp::Mknod),
+            ("create", FileOp::Create),
             ("truncate", FileOp::Truncate),
             ("chmod", FileOp::Chmod),
             ("chown", FileOp::Chown),

@@ -182,7 +182,9 @@ fn endpoint(target: &str) -> Value {
 /// (see the module documentation).
 fn change_activity(op: &str) -> (u32, &'static str) {
     match file_op_named(op) {
-        Some(FileOp::Mkdir | FileOp::Mknod | FileOp::Symlink | FileOp::Link) => (1, "Create"),
+        Some(FileOp::Mkdir | FileOp::Mknod | FileOp::Symlink | FileOp::Link | FileOp::Create) => {
+            (1, "Create")
+        }
         Some(FileOp::Unlink | FileOp::Rmdir) => (4, "Delete"),
         Some(FileOp::Rename) => (5, "Rename"),
         Some(FileOp::Truncate) => (3, "Update"),

@@ -10,6 +10,10 @@ use crate::{
 
 pub fn status(shared: &Shared) -> control::Status {
     let facts = &shared.facts;
+    let (sessions, known_inodes) = {
+        let st = shared.lock();
+        (st.registry.len() as u32, st.enforcer.known_inodes() as u64)
+    };
     control::Status {
         mode: facts.mode.clone(),
         mode_detail: facts.mode_detail.clone(),
@@ -25,7 +29,8 @@ pub fn status(shared: &Shared) -> control::Status {
                 blocked: shared.counter(h, Counter::Blocked),
             })
             .collect(),
-        sessions: shared.lock().registry.len() as u32,
+        sessions,
+        known_inodes,
         events_read: shared.reader.read.load(Ordering::Relaxed),
         events_malformed: shared.reader.malformed.load(Ordering::Relaxed),
         cached_processes: shared.reader.cached_processes.load(Ordering::Relaxed),
