@@ -78,46 +78,71 @@ fn ensure_rig_user() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// The VM suite, ready to boot: the kernel, the rig user and the test
+/// binary are in place (built before anything runs beside it).
+pub struct Prepared {
+    kernel: PathBuf,
+    tests: PathBuf,
+}
+
+pub fn prepare() -> anyhow::Result<Prepared> {
     let kernel = debian_kernel()?;
     ensure_rig_user()?;
     let tests = test_binary()?;
-    println!(
-        "vm-test: booting {} with lsm=…,bpf (TCG, ~20 s) to run {}",
-        kernel.display(),
-        tests.display()
-    );
-    // `trust::` (what the daemon takes from its callers) and `bad_input::`
-    // (what a user sees when they get it wrong) are user space alone, the
-    // same in both modes: the host run covers them.
-    // The guest checks that BPF LSM is listed before it runs anything, and
-    // the probe test that the daemon chose lsm mode by loading: a VM that
-    // silently ran the suite in fallback mode would prove nothing.
-    let script = format!(
-        "set -e; grep -qw bpf /sys/kernel/security/lsm || {{ echo 'vm-test: BPF LSM is not active in the guest'; exit 1; }}; \
+    Ok(Prepared { kernel, tests })
+}
+
+pub fn run() -> anyhow::Result<()> {
+    prepare()?.boot(None)
+}
+
+impl Prepared {
+    /// Boots the guest and runs the suite in it; with `log`, its output goes
+    /// there (the host suite may be printing meanwhile).
+    pub fn boot(self, log: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let Prepared { kernel, tests } = self;
+        println!(
+            "vm-test: booting {} with lsm=…,bpf (TCG, ~20 s) to run {}",
+            kernel.display(),
+            tests.display()
+        );
+        // `trust::` (what the daemon takes from its callers), `bad_input::`
+        // (what a user sees when they get it wrong), `pipeline::` (records to
+        // events) and `grants::` (map entries in and out) are the same in both
+        // modes: the host run covers them, and every test is slow under TCG.
+        // The guest checks that BPF LSM is listed before it runs anything, and
+        // the probe test that the daemon chose lsm mode by loading: a VM that
+        // silently ran the suite in fallback mode would prove nothing.
+        let script = format!(
+            "set -e; grep -qw bpf /sys/kernel/security/lsm || {{ echo 'vm-test: BPF LSM is not active in the guest'; exit 1; }}; \
          echo \"vm-test: guest $(uname -r), LSMs $(cat /sys/kernel/security/lsm)\"; \
          cd {root}; AGENTGATE_EXPECT_MODE=lsm AGENTGATE_RIG_USER={RIG_USER} AGENTGATE_AGENT_RUNS=wrapped \
-         {tests} --test-threads=1 --skip trust:: --skip bad_input::",
-        root = workspace_root().display(),
-        tests = tests.display()
-    );
-    status(
-        Command::new("vng")
-            .arg("--run")
-            .arg(&kernel)
-            .args(["--disable-kvm", "--cpus", "2", "--memory", "2G"])
-            // virtme-ng hides /var/cache and /tmp behind tmpfs; the binaries
-            // live in the target dir, so show it to the guest read-only.
-            .arg("--rodir")
-            .arg(crate::target_dir())
-            // The real-agent sessions (tests/host/agents.rs) add a throwaway
-            // user with a home: writable in the guest, untouched on the host.
-            .args(["--overlay-rwdir", "/etc", "--overlay-rwdir", "/home"])
-            .args([
-                "--append",
-                "lsm=lockdown,capability,landlock,yama,apparmor,bpf",
-            ])
-            .args(["--exec", &script])
-            .current_dir(std::env::temp_dir()),
-    )
+         {tests} --test-threads=1 --skip trust:: --skip bad_input:: --skip pipeline:: --skip grants::",
+            root = workspace_root().display(),
+            tests = tests.display()
+        );
+        let mut vng = Command::new("vng");
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+            vng.stdout(file.try_clone()?).stderr(file);
+        }
+        status(
+            vng.arg("--run")
+                .arg(&kernel)
+                .args(["--disable-kvm", "--cpus", "2", "--memory", "2G"])
+                // virtme-ng hides /var/cache and /tmp behind tmpfs; the binaries
+                // live in the target dir, so show it to the guest read-only.
+                .arg("--rodir")
+                .arg(crate::target_dir())
+                // The real-agent sessions (tests/host/agents.rs) add a throwaway
+                // user with a home: writable in the guest, untouched on the host.
+                .args(["--overlay-rwdir", "/etc", "--overlay-rwdir", "/home"])
+                .args([
+                    "--append",
+                    "lsm=lockdown,capability,landlock,yama,apparmor,bpf",
+                ])
+                .args(["--exec", &script])
+                .current_dir(std::env::temp_dir()),
+        )
+    }
 }
