@@ -278,10 +278,11 @@ fn on_fd(tag: &ProcTag, args: &[u64; 6], op: FileOp, fd: usize) {
 
 const AT_REMOVEDIR: u64 = 0x200;
 
-/// The entry and exit programs of one change syscall; `$judge` gets the
-/// tag and the arguments of a call that succeeded.
-macro_rules! change_syscall {
-    ($enter:ident, $exit:ident, |$tag:ident, $args:ident| $judge:expr) => {
+/// The entry and exit programs of each change syscall; the expression
+/// after `=>` gets the tag (`t`) and the arguments (`a`) of a call that
+/// succeeded.
+macro_rules! change_syscalls {
+    ($($enter:ident, $exit:ident => |$t:ident, $a:ident| $judge:expr;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             keep_args(&ctx)
@@ -289,171 +290,41 @@ macro_rules! change_syscall {
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            if let Some(($tag, $args)) = succeeded(&ctx) {
-                let ($tag, $args) = (&$tag, &$args);
+            if let Some(($t, $a)) = succeeded(&ctx) {
+                let ($t, $a) = (&$t, &$a);
                 $judge;
             }
             0
         }
-    };
+    )*};
 }
 
-change_syscall!(sys_enter_renameat2, sys_exit_renameat2, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Rename,
-    at(0, 1),
-    Some(at(2, 3))
-));
-change_syscall!(sys_enter_renameat, sys_exit_renameat, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Rename,
-    at(0, 1),
-    Some(at(2, 3))
-));
-change_syscall!(sys_enter_rename, sys_exit_rename, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Rename,
-    cwd(0),
-    Some(cwd(1))
-));
-change_syscall!(sys_enter_linkat, sys_exit_linkat, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Link,
-    at(0, 1),
-    Some(at(2, 3))
-));
-change_syscall!(sys_enter_link, sys_exit_link, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Link,
-    cwd(0),
-    Some(cwd(1))
-));
-change_syscall!(sys_enter_symlinkat, sys_exit_symlinkat, |t, a| on_symlink(
-    t,
-    a,
-    0,
-    at(1, 2)
-));
-change_syscall!(sys_enter_symlink, sys_exit_symlink, |t, a| on_symlink(
-    t,
-    a,
-    0,
-    cwd(1)
-));
-change_syscall!(sys_enter_unlinkat, sys_exit_unlinkat, |t, a| {
-    let op = if a[2] & AT_REMOVEDIR != 0 {
-        FileOp::Rmdir
-    } else {
-        FileOp::Unlink
+change_syscalls! {
+    sys_enter_renameat2, sys_exit_renameat2 => |t, a| on_paths(t, a, FileOp::Rename, at(0, 1), Some(at(2, 3)));
+    sys_enter_renameat, sys_exit_renameat => |t, a| on_paths(t, a, FileOp::Rename, at(0, 1), Some(at(2, 3)));
+    sys_enter_rename, sys_exit_rename => |t, a| on_paths(t, a, FileOp::Rename, cwd(0), Some(cwd(1)));
+    sys_enter_linkat, sys_exit_linkat => |t, a| on_paths(t, a, FileOp::Link, at(0, 1), Some(at(2, 3)));
+    sys_enter_link, sys_exit_link => |t, a| on_paths(t, a, FileOp::Link, cwd(0), Some(cwd(1)));
+    sys_enter_symlinkat, sys_exit_symlinkat => |t, a| on_symlink(t, a, 0, at(1, 2));
+    sys_enter_symlink, sys_exit_symlink => |t, a| on_symlink(t, a, 0, cwd(1));
+    sys_enter_unlinkat, sys_exit_unlinkat => |t, a| {
+        let op = if a[2] & AT_REMOVEDIR != 0 { FileOp::Rmdir } else { FileOp::Unlink };
+        on_paths(t, a, op, at(0, 1), None)
     };
-    on_paths(t, a, op, at(0, 1), None)
-});
-change_syscall!(sys_enter_unlink, sys_exit_unlink, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Unlink,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_rmdir, sys_exit_rmdir, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Rmdir,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_mkdirat, sys_exit_mkdirat, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Mkdir,
-    at(0, 1),
-    None
-));
-change_syscall!(sys_enter_mkdir, sys_exit_mkdir, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Mkdir,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_mknodat, sys_exit_mknodat, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Mknod,
-    at(0, 1),
-    None
-));
-change_syscall!(sys_enter_mknod, sys_exit_mknod, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Mknod,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_truncate, sys_exit_truncate, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Truncate,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_fchmodat, sys_exit_fchmodat, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Chmod,
-    at(0, 1),
-    None
-));
-// fchmodat2 (6.6+): attached where the kernel has it.
-change_syscall!(sys_enter_fchmodat2, sys_exit_fchmodat2, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Chmod,
-    at(0, 1),
-    None
-));
-change_syscall!(sys_enter_chmod, sys_exit_chmod, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Chmod,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_fchmod, sys_exit_fchmod, |t, a| on_fd(
-    t,
-    a,
-    FileOp::Chmod,
-    0
-));
-change_syscall!(sys_enter_fchownat, sys_exit_fchownat, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Chown,
-    at(0, 1),
-    None
-));
-change_syscall!(sys_enter_chown, sys_exit_chown, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Chown,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_lchown, sys_exit_lchown, |t, a| on_paths(
-    t,
-    a,
-    FileOp::Chown,
-    cwd(0),
-    None
-));
-change_syscall!(sys_enter_fchown, sys_exit_fchown, |t, a| on_fd(
-    t,
-    a,
-    FileOp::Chown,
-    0
-));
+    sys_enter_unlink, sys_exit_unlink => |t, a| on_paths(t, a, FileOp::Unlink, cwd(0), None);
+    sys_enter_rmdir, sys_exit_rmdir => |t, a| on_paths(t, a, FileOp::Rmdir, cwd(0), None);
+    sys_enter_mkdirat, sys_exit_mkdirat => |t, a| on_paths(t, a, FileOp::Mkdir, at(0, 1), None);
+    sys_enter_mkdir, sys_exit_mkdir => |t, a| on_paths(t, a, FileOp::Mkdir, cwd(0), None);
+    sys_enter_mknodat, sys_exit_mknodat => |t, a| on_paths(t, a, FileOp::Mknod, at(0, 1), None);
+    sys_enter_mknod, sys_exit_mknod => |t, a| on_paths(t, a, FileOp::Mknod, cwd(0), None);
+    sys_enter_truncate, sys_exit_truncate => |t, a| on_paths(t, a, FileOp::Truncate, cwd(0), None);
+    sys_enter_fchmodat, sys_exit_fchmodat => |t, a| on_paths(t, a, FileOp::Chmod, at(0, 1), None);
+    // fchmodat2 (6.6+): attached where the kernel has it.
+    sys_enter_fchmodat2, sys_exit_fchmodat2 => |t, a| on_paths(t, a, FileOp::Chmod, at(0, 1), None);
+    sys_enter_chmod, sys_exit_chmod => |t, a| on_paths(t, a, FileOp::Chmod, cwd(0), None);
+    sys_enter_fchmod, sys_exit_fchmod => |t, a| on_fd(t, a, FileOp::Chmod, 0);
+    sys_enter_fchownat, sys_exit_fchownat => |t, a| on_paths(t, a, FileOp::Chown, at(0, 1), None);
+    sys_enter_chown, sys_exit_chown => |t, a| on_paths(t, a, FileOp::Chown, cwd(0), None);
+    sys_enter_lchown, sys_exit_lchown => |t, a| on_paths(t, a, FileOp::Chown, cwd(0), None);
+    sys_enter_fchown, sys_exit_fchown => |t, a| on_fd(t, a, FileOp::Chown, 0);
+}

@@ -240,7 +240,10 @@ mod tests {
         for i in 0..FILES_PER_PLACE + 10 {
             fs::write(place.join(i.to_string()), "").unwrap();
         }
-        assert_eq!(scan(&[place.clone()], usize::MAX).len(), FILES_PER_PLACE);
+        assert_eq!(
+            scan(std::slice::from_ref(&place), usize::MAX).len(),
+            FILES_PER_PLACE
+        );
         assert_eq!(scan(&[place], 5).len(), 5);
     }
 }

@@ -18,7 +18,7 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         ticks = ticks.wrapping_add(1);
-        if ticks % KNOWN_INODES_EVERY == 0 {
+        if ticks.is_multiple_of(KNOWN_INODES_EVERY) {
             shared.lock().enforcer.refresh_known_inodes();
         }
         let now = std::time::SystemTime::now();
