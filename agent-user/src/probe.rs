@@ -278,16 +278,18 @@ pub fn choose_mode(requested: Mode, audit_only: bool, probe: &Probe) -> anyhow::
     let (kernel_mode, guarantees) = if lsm {
         (
             MODE_LSM,
-            "BPF LSM hooks refuse exec, open and connect with EPERM before they happen (kill: \
-             SIGKILL as well), judging resolved paths (symlinks, `..`, /proc/self/root)",
+            "BPF LSM hooks refuse exec, open, connect and changes to files (rename, link, \
+             unlink, truncate, chmod, …) with EPERM before they happen (kill: SIGKILL as well), \
+             judging resolved paths (symlinks, `..`, /proc/self/root)",
         )
     } else {
         (
             MODE_FALLBACK,
-            "syscall tracepoints SIGKILL a refused exec (before the new image runs) or open \
-             (the open itself completes; the process never uses it); cgroup connect/sendmsg \
-             hooks refuse with EPERM. Paths are judged as written: relative and non-canonical \
-             paths are judged in user space after the call, and killed then",
+            "syscall tracepoints SIGKILL a refused exec (before the new image runs), open \
+             (judged by the opened file's own path as it returns: the open itself, O_CREAT or \
+             O_TRUNC, has happened; the process never sees the descriptor) or change to a file \
+             (rename, unlink, …: judged as it returns, and it has happened); cgroup \
+             connect/sendmsg hooks refuse with EPERM",
         )
     };
     let why = match requested {

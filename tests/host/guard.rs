@@ -175,8 +175,8 @@ fn a_tagged_process_cannot_unpin_the_guard() {
         .collect();
     let pin = pins
         .iter()
-        .find(|p| p.ends_with("sys_enter_openat"))
-        .unwrap_or_else(|| panic!("no sys_enter_openat link pin in {pins:?}"));
+        .find(|p| p.ends_with("sched_process_exec"))
+        .unwrap_or_else(|| panic!("no sched_process_exec link pin in {pins:?}"));
     let out = d.exec_sh(&format!("rm -f {}; echo rm=$?", path_str(pin)));
     let rm = String::from_utf8_lossy(&out.stdout)
         .lines()

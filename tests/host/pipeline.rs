@@ -159,7 +159,7 @@ fn status_names_the_mode_and_programs() {
     assert!(st.contains("mode: "), "{st}");
     for p in [
         "sched:sched_process_fork",
-        "syscalls:sys_enter_openat",
+        "sched:sched_process_exec",
         "syscalls:sys_enter_connect",
     ] {
         assert!(st.contains(p), "{p} not attached: {st}");
