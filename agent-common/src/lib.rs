@@ -268,8 +268,8 @@ pub struct EventHeader {
 /// of its dentries and mounts, or `bpf_d_path`): symlinks, `..` and
 /// descriptors already followed.
 pub const PATH_RESOLVED: u8 = 1;
-/// The kernel's walk stopped before the root (too deep, or a detached
-/// mount): the path is only its last components, and was not judged.
+/// The kernel's walk stopped before the root (the path is longer than its
+/// buffer): the path is only its last components, and was not judged.
 pub const PATH_PARTIAL: u8 = 2;
 /// A change record's second path is partial (as [`PATH_PARTIAL`] for the
 /// first). The other bits speak for the first path only; an absolute path
