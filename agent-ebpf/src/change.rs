@@ -11,8 +11,8 @@
 //! `cd /etc && mv x passwd` and dirfd-relative calls are judged by where they
 //! are. A symlink inside the name is not followed at entry.
 use agent_common::{
-    ENFORCED_NONE, EventKind, FileOp, Hook, MODE_FALLBACK, MODE_LSM, PATH_MAX, PATH_PARTIAL,
-    PATH_RESOLVED, ProcTag, abi::AT_FDCWD as AT_FDCWD_I64,
+    EventKind, FileOp, Hook, MODE_FALLBACK, MODE_LSM, PATH_MAX, PATH_PARTIAL, PATH_RESOLVED,
+    ProcTag, abi::AT_FDCWD as AT_FDCWD_I64,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes},
@@ -24,7 +24,7 @@ use aya_ebpf::{
 use crate::{
     SYSCALL_RET,
     decide::{self, Judgement, Session},
-    enforce::{self, EPERM},
+    enforce,
     record::Record,
     resolve, syscall_arg, tagging,
 };
@@ -34,7 +34,7 @@ use crate::{
 /// dentry of the file it names (null: none yet, or not known): the second
 /// end (a rename's or link's new name, a symlink's contents) first, which
 /// is then moved to the record's second-path area. A file that rules
-/// protect (`KNOWN_INODES`) is judged by the name they know it by as well.
+/// protect (`KNOWN_INODES`) is judged by the name they know it by instead.
 /// Returns what an LSM hook returns (0 or -EPERM).
 #[inline(always)]
 pub fn judge(
@@ -62,17 +62,16 @@ pub fn judge(
     if let Some(session) = &session {
         judge_end(&mut rec, session, op, false, dentry, &mut j);
     }
-    let cfg = decide::config();
-    let (enforced, ret) = if cfg.mode == MODE_LSM {
-        let enforced = enforce::refuse(&cfg, &j);
-        (enforced, if enforced == ENFORCED_NONE { 0 } else { -EPERM })
-    } else {
-        (enforce::at_tracepoint(&cfg, &j), 0)
-    };
     if let Some(session) = &session {
         session.commit(&j);
     }
-    rec.judge(&j, enforced);
+    let cfg = decide::config();
+    let ret = if cfg.mode == MODE_LSM {
+        enforce::answer(&j, &mut rec)
+    } else {
+        rec.judge(&j, enforce::at_tracepoint(&cfg, &j));
+        0
+    };
     // A new file let through is reported by the open that made it.
     if op != FileOp::Create || j.verdict.blocks() {
         rec.emit(Hook::Change);

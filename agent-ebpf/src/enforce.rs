@@ -40,6 +40,15 @@ pub fn refuse(cfg: &EnforceConfig, j: &Judgement) -> u8 {
     ENFORCED_REFUSED
 }
 
+/// An LSM hook's answer to a judgement: records what was done, and returns
+/// 0 or -EPERM.
+#[inline(always)]
+pub fn answer(j: &Judgement, rec: &mut Record) -> i32 {
+    let enforced = refuse(&crate::decide::config(), j);
+    rec.judge(j, enforced);
+    if enforced == ENFORCED_NONE { 0 } else { -EPERM }
+}
+
 pub fn kill_current() {
     // SAFETY: helper with a plain integer argument.
     unsafe { bpf_send_signal(SIGKILL) };

@@ -2,7 +2,7 @@
 //! happens, and a refusal is an EPERM the process sees. They judge resolved
 //! objects (the file's own path via bpf_d_path), so symlinks, `..`, `//` and
 //! `/proc/self/root` name the file they reach.
-use agent_common::{Access, ENFORCED_NONE, EventKind, FileOp, Hook, MODE_LSM, PATH_MAX, ProcTag};
+use agent_common::{Access, EventKind, FileOp, Hook, MODE_LSM, PATH_MAX, ProcTag};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_d_path, bpf_probe_read_kernel},
@@ -12,9 +12,8 @@ use aya_ebpf::{
 
 use crate::{
     change,
-    decide::{self, Judgement, Session},
-    enforce::{self, EPERM},
-    guard, layout,
+    decide::{self, Session},
+    enforce, guard, layout,
     record::Record,
     resolve, tagging,
 };
@@ -80,14 +79,6 @@ fn caller(retval: u64) -> Option<(ProcTag, Option<Session>)> {
     Some((tag, decide::session(tag.session)))
 }
 
-#[inline(always)]
-fn answer(j: &Judgement, rec: &mut Record) -> i32 {
-    let cfg = decide::config();
-    let enforced = enforce::refuse(&cfg, j);
-    rec.judge(j, enforced);
-    if enforced == ENFORCED_NONE { 0 } else { -EPERM }
-}
-
 /// Fills the record's path with the resolved path of `path` (a `struct
 /// path *` the verifier knows as such).
 ///
@@ -127,7 +118,7 @@ fn try_bprm(ctx: &LsmContext) -> Result<i32, i32> {
     let (path, len) = rec.path();
     let j = session.path(Access::Exec, path, len);
     session.commit(&j);
-    let ret = answer(&j, &mut rec);
+    let ret = enforce::answer(&j, &mut rec);
     if ret != 0 {
         // sched_process_exec will not run: report the refusal here.
         rec.emit(Hook::Exec);
@@ -173,11 +164,10 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
     let h = rec.header();
     h.arg0 = -100;
     h.arg1 = flags;
-    let (path, len) = rec.path();
     let mut ret = 0;
     // Pipes, sockets and anonymous inodes reopened through /proc/self/fd
     // resolve to `pipe:[N]` and the like: not files any rule names.
-    let file_like = path.first() == Some(&b'/');
+    let file_like = rec.path().0.first() == Some(&b'/');
     if let Some(session) = session
         && file_like
     {
@@ -187,7 +177,7 @@ fn try_file_open(ctx: &LsmContext) -> Result<i32, i32> {
         let (path, len) = rec.path();
         let j = enforce::judge_open(&session, flags, path, len);
         session.commit(&j);
-        ret = answer(&j, &mut rec);
+        ret = enforce::answer(&j, &mut rec);
     }
     rec.emit(Hook::Open);
     Ok(ret)
@@ -216,7 +206,7 @@ fn try_socket_connect(ctx: &LsmContext) -> Result<i32, i32> {
     if let Some(session) = session {
         let j = enforce::judge_connect(&session, &mut rec);
         session.commit(&j);
-        ret = answer(&j, &mut rec);
+        ret = enforce::answer(&j, &mut rec);
     }
     rec.emit(Hook::Connect);
     Ok(ret)

@@ -186,12 +186,8 @@ pub unsafe fn dentry_path(vfsmount: *const u8, dentry: *const u8, dest: &mut [u8
 /// `path` is a kernel pointer (read through the checked helper only).
 #[inline(always)]
 pub unsafe fn into_record(rec: &mut Record, path: *const u8) {
-    let l = layout::get();
     // SAFETY: as the function's.
-    let (mnt, dentry) = unsafe { (ptr_at(path, l.path_mnt), ptr_at(path, l.path_dentry)) };
-    // SAFETY: as the function's.
-    let (n, flags) = unsafe { dentry_path(mnt, dentry, &mut rec.data()[..PATH_MAX + 1]) };
-    rec.set_resolved_path(n, flags);
+    unsafe { dentry_into_record(rec, path, dentry_of_path(path)) };
 }
 
 /// Fills the record's path with the path of `dentry` in the mount of `dir`
@@ -265,23 +261,23 @@ pub fn dentry_of_path(path: *const u8) -> *const u8 {
 }
 
 /// When the file behind `dentry` is one that rules protect
-/// (`KNOWN_INODES`), puts the path rules know it by in the record (in
-/// place of the name that reached it) and returns true: a hard link or a
-/// bind mount reaches the same inode under another name.
-pub fn known_name(rec: &mut Record, dentry: *const u8) -> bool {
+/// (`KNOWN_INODES`), puts the path rules know it by in the record, in
+/// place of the name that reached it: a hard link or a bind mount reaches
+/// the same inode under another name.
+pub fn known_name(rec: &mut Record, dentry: *const u8) {
     let l = layout::get();
     // SAFETY: kernel pointers read through the checked helper.
     let key = unsafe {
         let inode = ptr_at(dentry, l.dentry_d_inode);
         if inode.is_null() {
             // A name not created yet.
-            return false;
+            return;
         }
         let ino = bpf_probe_read_kernel(inode.wrapping_add(l.inode_i_ino as usize) as *const u64);
         let sb = ptr_at(inode, l.inode_i_sb);
         let dev = bpf_probe_read_kernel(sb.wrapping_add(l.sb_s_dev as usize) as *const u32);
         let (Ok(ino), Ok(dev)) = (ino, dev) else {
-            return false;
+            return;
         };
         InodeKey {
             dev: u64::from(dev),
@@ -290,7 +286,7 @@ pub fn known_name(rec: &mut Record, dentry: *const u8) -> bool {
     };
     // SAFETY: a map value, copied out below before anything else runs.
     let Some(known) = (unsafe { KNOWN_INODES.get(&key) }) else {
-        return false;
+        return;
     };
     let n = (known.len as usize).min(RULE_PATH_LEN) & 0xff;
     let data = rec.data();
@@ -302,5 +298,4 @@ pub fn known_name(rec: &mut Record, dentry: *const u8) -> bool {
         *nul = 0;
     }
     rec.set_resolved_path(n, PATH_RESOLVED);
-    true
 }
