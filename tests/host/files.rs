@@ -311,3 +311,26 @@ fn a_protected_file_reached_by_another_name_is_still_protected() {
     let d = w.decision_on("open", path_str(&w.path("forbidden/secret.txt")));
     assert_eq!(d["decision"]["rule"], "no-forbidden-files", "{d}");
 }
+
+/// `open_tree(OPEN_TREE_CLONE)` and `fsopen` make detached trees whose
+/// files read as `/name`: a session's process is killed for either, in both
+/// modes; the untagged twin makes the calls (and gets EBADF or a tree).
+#[test]
+fn detached_trees_are_refused_in_both_modes() {
+    let w = World::new();
+    // open_tree(AT_FDCWD, "/tmp", OPEN_TREE_CLONE) is syscall 428 on
+    // x86_64, fsopen("tmpfs", 0) is 430.
+    for (name, call) in [
+        ("tree", "libc.syscall(428, -100, b\"/tmp\", 1)"),
+        ("fsopen", "libc.syscall(430, b\"tmpfs\", 0)"),
+    ] {
+        let script = format!(
+            "{} -c 'import ctypes; libc = ctypes.CDLL(None, use_errno=True); {call}'; echo {name}=$?",
+            python()
+        );
+        let out = w.tagged(&script);
+        assert_eq!(status_of(&out, name), 137, "{name}: {out:?}");
+        let plain = w.untagged(&script);
+        assert_eq!(status_of(&plain, name), 0, "{name}: twin: {plain:?}");
+    }
+}
