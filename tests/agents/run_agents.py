@@ -87,6 +87,7 @@ REMOTE_NETNS = "10.99.0.2"
 USER_GECOS = "agentgate agent-rig throwaway user"
 DEFAULT_TIMEOUT = 120
 AUX_TIMEOUT = 60
+LISTENER_START_TIMEOUT = 60
 AGENT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # ------------------------------------------------------------------ network
@@ -127,14 +128,20 @@ def start_listener(spec, scratch, remote):
                           scratch], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     ready = os.path.join(scratch, f"listener-{kind}-{port}.ready")
-    for _ in range(100):
+    # Python's start-up alone takes seconds in a VM under TCG: wait while the
+    # listener lives, give up only when it dies or after LISTENER_START_TIMEOUT.
+    deadline = time.monotonic() + LISTENER_START_TIMEOUT
+    while time.monotonic() < deadline:
         if os.path.exists(ready):
             return p
         if p.poll() is not None:
             break
         time.sleep(0.05)
+    alive = p.poll() is None
     kill_group(p)
-    raise RuntimeError(f"listener {spec} on {addr} did not start (port busy? address missing?)")
+    why = (f"not ready after {LISTENER_START_TIMEOUT}s" if alive
+           else f"exited with {p.returncode} (port busy? address missing?)")
+    raise RuntimeError(f"listener {spec} on {addr} did not start: {why}")
 
 
 def kill_group(p, sig=signal.SIGKILL):
