@@ -2,7 +2,7 @@
 //! happens, and a refusal is an EPERM the process sees. They judge resolved
 //! objects (the file's own path via bpf_d_path), so symlinks, `..`, `//` and
 //! `/proc/self/root` name the file they reach.
-use agent_common::{Access, EventKind, FileOp, Hook, MODE_LSM, PATH_MAX, ProcTag};
+use agent_common::{AF_UNIX, Access, EventKind, FileOp, Hook, MODE_LSM, PATH_MAX, ProcTag};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_d_path, bpf_probe_read_kernel},
@@ -212,6 +212,49 @@ fn try_socket_connect(ctx: &LsmContext) -> Result<i32, i32> {
     Ok(ret)
 }
 
+/// A datagram to a unix address needs no connect: it is judged as one. Inet
+/// addresses are the cgroup sendmsg hooks'.
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    match try_socket_sendmsg(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn try_socket_sendmsg(ctx: &LsmContext) -> Result<i32, i32> {
+    let Some((tag, session)) = caller(lsm_arg!(ctx, 3)) else {
+        return Ok(0);
+    };
+    let msg = lsm_arg!(ctx, 1) as *const u8;
+    // struct msghdr { void *msg_name; int msg_namelen; ... }, the kernel's
+    // copy; msg_name points at the kernel's copy of the address.
+    // SAFETY: kernel pointers from the hook's arguments, read with the
+    // checked helper.
+    let name = unsafe { bpf_probe_read_kernel(msg as *const u64) }.map_err(|_| 0)? as *const u8;
+    if name.is_null() {
+        return Ok(0);
+    }
+    let family = unsafe { bpf_probe_read_kernel(name as *const u16) }.map_err(|_| 0)?;
+    if family != AF_UNIX {
+        return Ok(0);
+    }
+    let namelen = unsafe { bpf_probe_read_kernel(msg.add(8) as *const i32) }.map_err(|_| 0)?;
+    let mut rec = Record::begin(Hook::Connect, EventKind::Connect, &tag).map_err(|_| 0)?;
+    rec.header().arg0 = -1;
+    rec.header().arg2 = namelen as i64;
+    // SAFETY: as above.
+    unsafe { rec.read_sockaddr(name) };
+    let mut ret = 0;
+    if let Some(session) = session {
+        let j = enforce::judge_connect(&session, &mut rec);
+        session.commit(&j);
+        ret = enforce::answer(&j, &mut rec);
+    }
+    rec.emit(Hook::Connect);
+    Ok(ret)
+}
+
 // ---- self-protection ----------------------------------------------------
 //
 // A process inside a session may not stop, blind or reprogram its guard:
@@ -224,13 +267,17 @@ fn try_socket_connect(ctx: &LsmContext) -> Result<i32, i32> {
 #[inline(always)]
 fn is_guard(task: *const u8) -> bool {
     let guard = decide::config().guard_tgid;
-    if guard == 0 {
-        return false;
-    }
+    guard != 0 && tgid_of(task) == Some(guard)
+}
+
+/// The thread-group id of `task` (a `struct task_struct *` from the hook's
+/// arguments).
+#[inline(always)]
+fn tgid_of(task: *const u8) -> Option<u32> {
     let l = layout::get();
     // SAFETY: a kernel pointer from the hook's arguments; offset from BTF.
     let tgid = unsafe { bpf_probe_read_kernel(task.add(l.task_tgid as usize) as *const i32) };
-    tgid.is_ok_and(|t| t as u32 == guard)
+    tgid.ok().map(|t| t as u32)
 }
 
 #[lsm(hook = "task_kill")]
@@ -281,10 +328,29 @@ fn try_ptrace(ctx: &LsmContext) -> Result<i32, i32> {
     let Some(tag) = tagging::lookup_current() else {
         return Ok(0);
     };
-    if !is_guard(child) {
+    if is_guard(child) {
+        return Ok(guard::refuse(&tag, b"ptrace:agentgate"));
+    }
+    // Any other process outside the caller's session: ptrace, and the
+    // /proc/PID files behind the same check (environ, mem, fd, cwd, exe).
+    if tag_of(child).is_some_and(|t| t.session == tag.session) {
         return Ok(0);
     }
-    Ok(guard::refuse(&tag, b"ptrace:agentgate"))
+    // NOAUDIT: a probe (ps reading /proc/PID/stat): refused, not reported.
+    if lsm_arg!(ctx, 1) as u32 & PTRACE_MODE_NOAUDIT != 0 {
+        return Ok(-enforce::EPERM);
+    }
+    Ok(guard::refuse(&tag, b"ptrace:outside-session"))
+}
+
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+
+/// The tag of `task` (a `struct task_struct *` from the hook's arguments).
+#[inline(always)]
+fn tag_of(task: *const u8) -> Option<ProcTag> {
+    let tgid = tgid_of(task)?;
+    // SAFETY: the value is copied out at once.
+    unsafe { crate::maps::TAGS.get(&tgid) }.copied()
 }
 
 #[lsm(hook = "bpf")]

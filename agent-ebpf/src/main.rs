@@ -22,8 +22,8 @@ mod sock_addr;
 mod tagging;
 
 use agent_common::{
-    Access, ENFORCED_NONE, ENFORCED_REFUSED, EventKind, Hook, MODE_FALLBACK, MODE_LSM,
-    PATH_RESOLVED, Verdict,
+    AF_INET, AF_INET6, AF_UNIX, Access, ENFORCED_NONE, ENFORCED_REFUSED, EnforceConfig, EventKind,
+    Hook, MODE_FALLBACK, MODE_LSM, PATH_RESOLVED, ProcTag, Verdict,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -291,20 +291,83 @@ fn try_connect(ctx: &TracePointContext) -> Result<u32, u32> {
         let sa: *const u8 = ctx.read_at(syscall_arg(1)).map_err(|_| 0u32)?;
         rec.read_sockaddr(sa);
     }
-    if cfg.mode == MODE_FALLBACK
-        && let Some(session) = decide::session(tag.session)
-    {
-        // The cgroup hook refuses; this one only reports, and kills for kill.
-        let j = enforce::judge_connect(&session, &mut rec);
-        let enforced = if j.verdict == Verdict::Kill {
-            enforce::at_tracepoint(&cfg, &j)
-        } else if cfg.block != 0 && j.verdict.blocks() {
-            ENFORCED_REFUSED
-        } else {
-            ENFORCED_NONE
-        };
-        rec.judge(&j, enforced);
+    judge_fallback_send(&cfg, &tag, &mut rec);
+    rec.emit(Hook::Connect);
+    Ok(0)
+}
+
+/// Fallback: judges a connect or a datagram's address. The cgroup hooks
+/// refuse inet addresses, so this one only reports those, and kills for
+/// kill. No hook refuses a unix address: a blocking verdict kills here, on
+/// the way back to user space — after a connect, before anything is sent on
+/// it; a datagram sent in this same call is delivered first.
+#[inline(always)]
+fn judge_fallback_send(cfg: &EnforceConfig, tag: &ProcTag, rec: &mut Record) {
+    if cfg.mode != MODE_FALLBACK {
+        return;
     }
+    let Some(session) = decide::session(tag.session) else {
+        return;
+    };
+    let j = enforce::judge_connect(&session, rec);
+    let inet = matches!(rec.header().family, AF_INET | AF_INET6);
+    let enforced = if j.verdict == Verdict::Kill || !inet {
+        enforce::at_tracepoint(cfg, &j)
+    } else if cfg.block != 0 && j.verdict.blocks() {
+        ENFORCED_REFUSED
+    } else {
+        ENFORCED_NONE
+    };
+    rec.judge(&j, enforced);
+}
+
+/// `sendto(fd, buf, len, flags, addr, addrlen)` and `sendmsg(fd, msg,
+/// flags)` with an address: a unix datagram needs no connect. Only unix
+/// addresses are reported here (the cgroup sendmsg hooks see inet ones).
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets are those of sys_enter_sendto.
+    let addr = unsafe { ctx.read_at::<u64>(syscall_arg(4)) }.unwrap_or(0);
+    let len = unsafe { ctx.read_at::<i64>(syscall_arg(5)) }.unwrap_or(0);
+    match try_send(&ctx, addr as *const u8, len) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    // struct user_msghdr { void *msg_name; int msg_namelen; ... }
+    // SAFETY: offsets are those of sys_enter_sendmsg; the header is user memory.
+    let msg = unsafe { ctx.read_at::<u64>(syscall_arg(1)) }.unwrap_or(0) as *const u8;
+    let name = unsafe { bpf_probe_read_user(msg as *const u64) }.unwrap_or(0);
+    let len = unsafe { bpf_probe_read_user(msg.wrapping_add(8) as *const i32) }.unwrap_or(0);
+    match try_send(&ctx, name as *const u8, len as i64) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_send(ctx: &TracePointContext, addr: *const u8, len: i64) -> Result<u32, u32> {
+    if addr.is_null() {
+        return Ok(0);
+    }
+    let Some(tag) = tagging::lookup_current() else {
+        return Ok(0);
+    };
+    let cfg = decide::config();
+    if cfg.mode != MODE_FALLBACK {
+        return Ok(0);
+    }
+    // SAFETY: user memory, read with the checked helper.
+    let family = unsafe { bpf_probe_read_user(addr as *const u16) }.map_err(|_| 0u32)?;
+    if family != AF_UNIX {
+        return Ok(0);
+    }
+    let mut rec = Record::begin(Hook::Connect, EventKind::Connect, &tag)?;
+    rec.header().arg0 = unsafe { ctx.read_at::<i64>(syscall_arg(0)) }.unwrap_or(-1);
+    rec.header().arg2 = len;
+    // SAFETY: as above.
+    unsafe { rec.read_sockaddr(addr) };
+    judge_fallback_send(&cfg, &tag, &mut rec);
     rec.emit(Hook::Connect);
     Ok(0)
 }

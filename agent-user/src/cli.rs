@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
+    confine,
     control::{self, request, response},
     daemon::{self, DaemonArgs},
 };
@@ -262,10 +263,17 @@ fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
         intent_tags: args.tags,
         program: program.display().to_string(),
     };
-    let id = match call(socket, request::Body::OpenSession(open))? {
-        response::Body::SessionOpened(s) => s.id,
+    let opened = match call(socket, request::Body::OpenSession(open))? {
+        response::Body::SessionOpened(s) => s,
         other => bail!("unexpected reply from the daemon: {other:?}"),
     };
+    let id = opened.id;
+    // Fail closed: an agent does not run in a session without its layer.
+    confine::install(confine::Guard {
+        daemon_pid: opened.daemon_pid,
+        lsm: opened.lsm,
+    })
+        .with_context(|| format!("session {id}: cannot put the seccomp layer under the agent"))?;
     // This process is now in the session; exec keeps the pid, so the
     // command's first instruction already runs tagged.
     let err = std::process::Command::new(&program)

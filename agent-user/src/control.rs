@@ -268,6 +268,13 @@ pub struct SessionDetail {
 pub struct SessionOpened {
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    /// The daemon's pid, which the session's seccomp layer refuses signals to.
+    #[prost(uint32, tag = "2")]
+    pub daemon_pid: u32,
+    /// Whether the daemon runs in lsm mode (the layer leaves to its hooks
+    /// what they refuse).
+    #[prost(bool, tag = "3")]
+    pub lsm: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -6,7 +6,8 @@
 //! which session; `engine` judges against `policy`; `enforce` installs the
 //! compiled rulesets in the kernel's maps; `audit` and `journal` record;
 //! `control` is the socket the CLI (`cli`; `policy_cli` for `agentgate
-//! policy`) talks to.
+//! policy`) talks to; `confine` is the seccomp layer `agentgate exec` puts
+//! under an agent.
 //!
 //! `policy`, `engine` and the event model (`events::Event` and its parts)
 //! live in the `agent-policy` crate (lib `agentgate_policy`), re-exported here:
@@ -16,6 +17,7 @@ pub mod adopt;
 pub mod audit;
 pub mod btf;
 pub mod cli;
+pub mod confine;
 pub mod control;
 pub mod daemon;
 pub mod enforce;

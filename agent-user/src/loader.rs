@@ -50,6 +50,9 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// calls in its hooks, and these would only return): not loaded in LSM
 /// mode, which spares their verification.
 const FALLBACK_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    // Datagrams to a unix address (no connect; no cgroup hook sees them).
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
     // Opens: the flags at entry, the opened file judged at exit.
     ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
@@ -134,6 +137,7 @@ const LSM_HOOKS: &[(&str, &str)] = &[
     ("bprm_check_security", "bprm_check_security"),
     ("file_open", "file_open"),
     ("socket_connect", "socket_connect"),
+    ("socket_sendmsg", "socket_sendmsg"),
     // Self-protection: the guard cannot be signalled, traced or reprogrammed
     // from inside a session.
     ("task_kill", "task_kill"),

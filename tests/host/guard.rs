@@ -1,9 +1,11 @@
 //! The guard itself: a process inside a session tries to stop, blind or
 //! reprogram agentgate. LSM mode refuses each attempt (task_kill,
 //! ptrace_access_check, bpf hooks) and the daemon keeps running and
-//! logging. Fallback mode has no hook that can refuse these calls; the
-//! README's threat model names the gap, and these tests hold the code to
-//! what it says.
+//! logging. Fallback mode has no hook that can refuse these calls: the
+//! seccomp layer `agentgate exec` puts under the agent refuses them there
+//! (unreported by agentgate; the kernel's audit log has them). What neither
+//! refuses (unpinning through bpffs in fallback mode) the README names,
+//! and these tests hold the code to what it says.
 use std::time::Duration;
 
 use crate::support::*;
@@ -24,14 +26,14 @@ fn errno_of(out: &std::process::Output) -> i64 {
 fn a_tagged_process_cannot_call_bpf() {
     let d = Daemon::start(&[]);
     // BPF_MAP_CREATE with an all-zero attribute: EINVAL when the call is
-    // let through, EPERM when the guard refuses it.
+    // let through, EPERM when the guard (lsm) or the seccomp layer
+    // (fallback) refuses it.
     let out = d.exec_sh(&format!(
         "{} -c 'import ctypes,os; libc=ctypes.CDLL(None, use_errno=True); a=ctypes.create_string_buffer(72); \
          r=libc.syscall(321, 0, a, 72); print(\"errno=\" + str(ctypes.get_errno() if r < 0 else 0))'",
         python()
     ));
-    let expected = if lsm(&d) { libc::EPERM } else { libc::EINVAL };
-    assert_eq!(errno_of(&out), expected as i64, "{out:?}");
+    assert_eq!(errno_of(&out), libc::EPERM as i64, "{out:?}");
 }
 
 #[test]
@@ -45,15 +47,8 @@ fn a_tagged_process_cannot_trace_the_daemon() {
          time.sleep(0.2); r < 0 or libc.ptrace(17, {pid}, 0, 0); print(\"errno=\" + str(e))'",
         python()
     ));
-    if lsm(&d) {
-        assert_eq!(errno_of(&out), libc::EPERM as i64, "{out:?}");
-    } else {
-        assert_eq!(
-            errno_of(&out),
-            0,
-            "fallback mode cannot refuse ptrace: {out:?}"
-        );
-    }
+    // The seccomp layer refuses ptrace in both modes.
+    assert_eq!(errno_of(&out), libc::EPERM as i64, "{out:?}");
     assert!(d.status().contains("mode: "), "the daemon still serves");
 }
 
@@ -64,35 +59,26 @@ fn a_tagged_process_cannot_signal_the_daemon() {
     let lsm_mode = lsm(&d);
     let out = d.exec_sh(&format!("kill -TERM {pid}; echo errno=$?"));
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(errno_of(&out), 1, "kill reports failure: {out:?}");
+    assert!(d.alive(), "the daemon was stopped");
+    // Fallback: the seccomp layer refused it before any hook saw it.
     if lsm_mode {
-        assert_eq!(errno_of(&out), 1, "kill reports failure: {out:?}");
-        assert!(d.alive(), "the daemon was stopped");
         let events = d.wait_for(Duration::from_secs(10), |ev| {
             ev.iter().any(|e| s(e, "kind") == "guard")
         });
         let guard: Vec<_> = events.iter().filter(|e| s(e, "kind") == "guard").collect();
         assert!(!guard.is_empty(), "the attempt was not reported");
         assert_eq!(s(guard[0], "target"), "signal:agentgate");
-    } else {
-        // Fallback: nothing refuses kill(2); the daemon stops as asked.
-        assert_eq!(errno_of(&out), 0, "{out:?}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while d.alive() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(
-            !d.alive(),
-            "fallback mode was expected not to refuse the signal"
-        );
     }
 }
 
 /// New user or mount namespaces, mounts and chroot change what a path
 /// names (a bind mount of a key onto an allowed path reads as that path):
 /// a tagged process may not use them. LSM mode refuses user namespaces and
-/// mounts with EPERM; mount namespaces and chroot, and everything in
-/// fallback mode, kill the caller at syscall entry (a killed fork is not created; a killed unshare's
-/// namespace dies with it).
+/// mounts with EPERM, fallback mode's seccomp layer refuses mounts; mount
+/// namespaces and chroot, and user namespaces in fallback mode, kill the
+/// caller at syscall entry (a killed fork is not created; a killed
+/// unshare's namespace dies with it).
 #[test]
 fn a_tagged_process_cannot_leave_its_confinement() {
     let d = Daemon::start(&[]);
@@ -132,21 +118,23 @@ fn a_tagged_process_cannot_leave_its_confinement() {
         ))
         .output()
         .unwrap();
-    assert_eq!(
-        status(&mount, "mount"),
-        if lsm_mode { 32 } else { 137 },
-        "{mount:?}"
-    );
+    assert_eq!(status(&mount, "mount"), 32, "{mount:?}");
 
+    // Fallback mode's refused mount never reached a hook.
+    let reported: &[&str] = if lsm_mode {
+        &["unshare:namespace", "chroot", "mount"]
+    } else {
+        &["unshare:namespace", "chroot"]
+    };
     let events = d.wait_for(Duration::from_secs(10), |ev| {
-        ev.iter().filter(|e| s(e, "kind") == "guard").count() >= 3
+        ev.iter().filter(|e| s(e, "kind") == "guard").count() >= reported.len()
     });
     let targets: Vec<&str> = events
         .iter()
         .filter(|e| s(e, "kind") == "guard")
         .map(|e| s(e, "target"))
         .collect();
-    for t in ["unshare:namespace", "chroot", "mount"] {
+    for t in reported {
         assert!(targets.contains(&t), "no guard event {t}: {targets:?}");
     }
     assert!(d.status().contains("mode: "), "the daemon still serves");

@@ -11,6 +11,7 @@ mod files;
 mod grants;
 mod guard;
 mod labels;
+mod noway;
 mod pipeline;
 mod probe;
 mod restart;

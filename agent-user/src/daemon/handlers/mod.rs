@@ -18,7 +18,11 @@ pub fn handle(req: Request, peer: &Peer, shared: &Shared) -> response::Body {
     match req.body {
         Some(request::Body::OpenSession(open)) => session::open(open, peer, shared)
             .map_or_else(error, |id| {
-                response::Body::SessionOpened(control::SessionOpened { id })
+                response::Body::SessionOpened(control::SessionOpened {
+                    id,
+                    daemon_pid: std::process::id(),
+                    lsm: shared.facts.mode == "lsm",
+                })
             }),
         Some(request::Body::Status(_)) => response::Body::Status(status::status(shared)),
         Some(request::Body::ListSessions(_)) => response::Body::Sessions(session::list(shared)),

@@ -228,11 +228,25 @@ pub fn end(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
         .filter_map(Result::ok)
         .filter(|(_, t)| ending.contains(&t.session))
         .collect();
+    // A session opened inside another hands its processes back to it. A
+    // top-level session's leftovers are killed, not untagged: an untagged
+    // process may read anything, and a tag whose session is gone is judged
+    // by nothing. Their tags go when they exit.
+    let mut killed = 0usize;
     for (pid, tag) in pids {
-        let _ = match parent {
-            Some(p) => st.tags.insert(pid, ProcTag { session: p, ..tag }, 0),
-            None => st.tags.remove(&pid),
-        };
+        match parent {
+            Some(p) => {
+                let _ = st.tags.insert(pid, ProcTag { session: p, ..tag }, 0);
+            }
+            None => {
+                let same = || st.tags.get(&pid, 0).is_ok_and(|t| t == tag);
+                match procs::signal_if(pid, libc::SIGKILL, same) {
+                    Ok(true) => killed += 1,
+                    Ok(false) => {}
+                    Err(e) => log::error!("session {id}: killing leftover pid {pid}: {e}"),
+                }
+            }
+        }
     }
     // Grants of the ending sessions also live in the sessions they were
     // delegated from: take them out there before the sessions go.
@@ -263,7 +277,7 @@ pub fn end(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
         },
         match parent {
             Some(p) => format!("; its processes are back in session {p}"),
-            None => String::new(),
+            None => format!("; {killed} leftover process(es) killed"),
         }
     );
     Ok(())
