@@ -273,7 +273,7 @@ fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<ExitCode> {
         daemon_pid: opened.daemon_pid,
         lsm: opened.lsm,
     })
-        .with_context(|| format!("session {id}: cannot put the seccomp layer under the agent"))?;
+    .with_context(|| format!("session {id}: cannot put the seccomp layer under the agent"))?;
     // This process is now in the session; exec keeps the pid, so the
     // command's first instruction already runs tagged.
     let err = std::process::Command::new(&program)

@@ -32,7 +32,10 @@ pub enum ConfineError {
     #[error("installing the seccomp filter: {0}")]
     Install(std::io::Error),
     #[error("dropping {cap} from the capability bounding set: {err}")]
-    DropCap { cap: caps::Capability, err: caps::errors::CapsError },
+    DropCap {
+        cap: caps::Capability,
+        err: caps::errors::CapsError,
+    },
 }
 
 /// Calls refused whatever their arguments, in both modes: tracing and
@@ -166,16 +169,17 @@ pub fn filter(guard: Guard) -> Result<BpfProgram, ConfineError> {
 /// the kernel's audit (`journalctl -k`, type SECCOMP) when it refuses.
 pub fn install(guard: Guard) -> Result<(), ConfineError> {
     let program = filter(guard)?;
-    if caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
-        .unwrap_or(false)
+    if caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false)
     {
         for &cap in DROPPED_CAPS {
             for set in [caps::CapSet::Bounding, caps::CapSet::Inheritable] {
                 caps::drop(None, set, cap).map_err(|err| ConfineError::DropCap { cap, err })?;
             }
         }
-        caps::clear(None, caps::CapSet::Ambient)
-            .map_err(|err| ConfineError::DropCap { cap: caps::Capability::CAP_SETPCAP, err })?;
+        caps::clear(None, caps::CapSet::Ambient).map_err(|err| ConfineError::DropCap {
+            cap: caps::Capability::CAP_SETPCAP,
+            err,
+        })?;
     }
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -208,10 +212,28 @@ mod tests {
 
     #[test]
     fn fallback_mode_refuses_more_than_lsm_mode() {
-        let lsm = filter(Guard { daemon_pid: 4242, lsm: true }).unwrap();
-        let fallback = filter(Guard { daemon_pid: 4242, lsm: false }).unwrap();
-        let unknown = filter(Guard { daemon_pid: 0, lsm: false }).unwrap();
-        assert!(fallback.len() > unknown.len(), "signal rules add instructions");
-        assert!(unknown.len() > lsm.len(), "fallback-only calls add instructions");
+        let lsm = filter(Guard {
+            daemon_pid: 4242,
+            lsm: true,
+        })
+        .unwrap();
+        let fallback = filter(Guard {
+            daemon_pid: 4242,
+            lsm: false,
+        })
+        .unwrap();
+        let unknown = filter(Guard {
+            daemon_pid: 0,
+            lsm: false,
+        })
+        .unwrap();
+        assert!(
+            fallback.len() > unknown.len(),
+            "signal rules add instructions"
+        );
+        assert!(
+            unknown.len() > lsm.len(),
+            "fallback-only calls add instructions"
+        );
     }
 }

@@ -135,7 +135,7 @@ fn a_tagged_process_cannot_leave_its_confinement() {
         .map(|e| s(e, "target"))
         .collect();
     for t in reported {
-        assert!(targets.contains(&t), "no guard event {t}: {targets:?}");
+        assert!(targets.contains(t), "no guard event {t}: {targets:?}");
     }
     assert!(d.status().contains("mode: "), "the daemon still serves");
 

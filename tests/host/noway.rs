@@ -100,7 +100,10 @@ fn unix_connects_and_datagrams_outside_the_scope_are_refused() {
 
     assert_eq!(status_of(&out, "stream"), w.refused(13), "{out:?}");
     assert_eq!(status_of(&out, "dgram"), w.refused(13), "{out:?}");
-    assert!(!got.contains("inside-stream"), "sent on the connection: {got}");
+    assert!(
+        !got.contains("inside-stream"),
+        "sent on the connection: {got}"
+    );
     match w.mode {
         Mode::Lsm => assert!(!got.contains("inside-dgram"), "delivered: {got}"),
         Mode::Fallback => assert!(
@@ -110,14 +113,20 @@ fn unix_connects_and_datagrams_outside_the_scope_are_refused() {
     }
     assert_eq!(status_of(&twin, "stream"), 0, "{twin:?}");
     assert_eq!(status_of(&twin, "dgram"), 0, "{twin:?}");
-    assert!(got.contains("outside-stream") && got.contains("outside-dgram"), "{got}");
+    assert!(
+        got.contains("outside-stream") && got.contains("outside-dgram"),
+        "{got}"
+    );
 
     let sock = format!("unix:{}/s.sock", path_str(dir.path()));
     let events = w.d.wait_for(Duration::from_secs(10), |ev| {
-        ev.iter().any(|e| s(e, "kind") == "connect" && s(e, "target") == sock)
+        ev.iter()
+            .any(|e| s(e, "kind") == "connect" && s(e, "target") == sock)
     });
     assert!(
-        events.iter().any(|e| s(e, "kind") == "connect" && s(e, "target") == sock),
+        events
+            .iter()
+            .any(|e| s(e, "kind") == "connect" && s(e, "target") == sock),
         "the connect was not reported"
     );
 }
@@ -166,8 +175,13 @@ print("seccomp=" + st["Seccomp"].strip())"#
     let out = d.exec_sh(&script);
     // Only the twin's own address add may leave one behind.
     let twin = Command::new("sh").args(["-c", &script]).output().unwrap();
-    let lo = Command::new("ip").args(["-br", "addr", "show", "lo"]).output().unwrap();
-    let _ = Command::new("ip").args(["addr", "del", "127.0.0.77/32", "dev", "lo"]).output();
+    let lo = Command::new("ip")
+        .args(["-br", "addr", "show", "lo"])
+        .output()
+        .unwrap();
+    let _ = Command::new("ip")
+        .args(["addr", "del", "127.0.0.77/32", "dev", "lo"])
+        .output();
     let traced = fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
@@ -177,10 +191,24 @@ print("seccomp=" + st["Seccomp"].strip())"#
 
     let eperm = i64::from(libc::EPERM);
     for name in ["ptrace", "vmread", "umount", "raw", "packet", "audit"] {
-        assert_eq!(value(&out, name), eperm, "{name} in the session: {}", stdout(&out));
-        assert_ne!(value(&twin, name), eperm, "{name} untagged: {}", stdout(&twin));
+        assert_eq!(
+            value(&out, name),
+            eperm,
+            "{name} in the session: {}",
+            stdout(&out)
+        );
+        assert_ne!(
+            value(&twin, name),
+            eperm,
+            "{name} untagged: {}",
+            stdout(&twin)
+        );
     }
-    assert_eq!(value(&out, "route"), 0, "getaddrinfo needs NETLINK_ROUTE: {out:?}");
+    assert_eq!(
+        value(&out, "route"),
+        0,
+        "getaddrinfo needs NETLINK_ROUTE: {out:?}"
+    );
     assert_eq!(value(&out, "netadmin"), 0, "CAP_NET_ADMIN kept: {out:?}");
     assert_eq!(value(&out, "nnp"), 1, "{out:?}");
     assert_eq!(value(&out, "seccomp"), 2, "{out:?}");
@@ -207,13 +235,16 @@ fn ending_a_session_kills_its_leftovers() {
     };
     let out = d.exec_sh(&late("tagged"));
     let leftover = status_of(&out, "pid");
-    let twin = Command::new("sh").args(["-c", &late("untagged")]).output().unwrap();
+    let twin = Command::new("sh")
+        .args(["-c", &late("untagged")])
+        .output()
+        .unwrap();
     let list = d.cli(&["sessions", "list"]);
     let listed = String::from_utf8_lossy(&list.stdout).into_owned();
     let id = listed
         .lines()
         .filter_map(|l| l.split('\t').next())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no session listed: {list:?}"))
         .to_owned();
     let end = d.cli(&["sessions", "end", &id]);
@@ -224,7 +255,10 @@ fn ending_a_session_kills_its_leftovers() {
         "the leftover {leftover} still runs"
     );
     assert!(!dir.path().join("tagged").exists(), "the leftover ran on");
-    assert!(dir.path().join("untagged").exists(), "the twin was touched: {twin:?}");
+    assert!(
+        dir.path().join("untagged").exists(),
+        "the twin was touched: {twin:?}"
+    );
     // The setsid'd shell and its sleep.
     assert!(
         d.log().contains(" 2 leftover process(es) killed"),
@@ -234,7 +268,8 @@ fn ending_a_session_kills_its_leftovers() {
 }
 
 /// `/proc/PID/environ` (and `mem`, `fd/`, `cwd`) of a process outside the
-/// session: the kernel's ptrace-access check guards them. LSM mode refuses
+/// session — here, in another session: the kernel's ptrace-access check
+/// guards them. LSM mode refuses
 /// it (`ptrace_access_check` for every target outside the caller's session,
 /// reported as `ptrace:outside-session`); fallback mode has no hook there
 /// and the read goes through — the README says so and this test asserts
@@ -242,11 +277,26 @@ fn ending_a_session_kills_its_leftovers() {
 #[test]
 fn the_environment_of_a_process_outside_the_session() {
     let d = Daemon::start(&[]);
-    let mut victim = Command::new("sleep")
-        .arg("60")
+    // The victim is in a session of its own: the same user with the same
+    // capabilities as the reader (a root session gives up CAP_SYS_PTRACE,
+    // so the kernel's capability check alone would refuse it a process
+    // with more), which leaves only agentgate's hook to refuse.
+    let mut victim = Command::new(AGENTGATE)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["exec", "--intent", "test", "--", "sleep", "60"])
         .env("AGENTGATE_TEST_SECRET", "env-secret-4711")
         .spawn()
         .unwrap();
+    let exe = format!("/proc/{}/exe", victim.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_link(&exe).map_or(true, |p| !p.ends_with("sleep")) {
+        assert!(
+            Instant::now() < deadline,
+            "the victim's session did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let script = format!(
         "tr '\\0' '\\n' < /proc/{}/environ | grep AGENTGATE_TEST_SECRET; \
          AGENTGATE_TEST_OWN=own-4712 sh -c 'tr \"\\0\" \"\\n\" < /proc/$$/environ' | grep OWN",
@@ -258,15 +308,21 @@ fn the_environment_of_a_process_outside_the_session() {
     let _ = victim.wait();
     let lsm = d.status().starts_with("mode: lsm");
     let text = stdout(&out);
-    assert!(text.contains("own-4712"), "the session's own environ: {out:?}");
+    assert!(
+        text.contains("own-4712"),
+        "the session's own environ: {out:?}"
+    );
     assert!(stdout(&twin).contains("env-secret-4711"), "{twin:?}");
     if lsm {
         assert!(!text.contains("env-secret-4711"), "read: {out:?}");
         let events = d.wait_for(Duration::from_secs(10), |ev| {
-            ev.iter().any(|e| s(e, "target") == "ptrace:outside-session")
+            ev.iter()
+                .any(|e| s(e, "target") == "ptrace:outside-session")
         });
         assert!(
-            events.iter().any(|e| s(e, "target") == "ptrace:outside-session"),
+            events
+                .iter()
+                .any(|e| s(e, "target") == "ptrace:outside-session"),
             "the refusal was not reported"
         );
     } else {
@@ -303,7 +359,9 @@ os.waitpid(r, 0); print(\"cloned\")'; echo clone=$?",
         ev.iter().any(|e| s(e, "target") == "clone:shared-files")
     });
     assert!(
-        events.iter().any(|e| s(e, "target") == "clone:shared-files"),
+        events
+            .iter()
+            .any(|e| s(e, "target") == "clone:shared-files"),
         "the attempt was not reported"
     );
 }

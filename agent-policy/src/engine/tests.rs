@@ -123,8 +123,14 @@ fn benign_coding_work_goes_through() {
         exec("/work/ws/scripts/run_tests.sh", &[]),
         exec("/usr/bin/curl", &["-s", "http://127.0.0.1:8000/"]),
         exec("/usr/bin/git", &["push", "origin", "main"]),
-        exec("/usr/bin/git", &["push", "-u", "--follow-tags", "origin", "fix-flaky"]),
-        exec("/usr/bin/bash", &["-c", "curl -s http://127.0.0.1:8000/ | shasum"]),
+        exec(
+            "/usr/bin/git",
+            &["push", "-u", "--follow-tags", "origin", "fix-flaky"],
+        ),
+        exec(
+            "/usr/bin/bash",
+            &["-c", "curl -s http://127.0.0.1:8000/ | shasum"],
+        ),
         read("/etc/passwd"),
         read("/proc/self/status"),
         read("/dev/urandom"),
@@ -266,12 +272,18 @@ fn attacks_are_refused() {
             "git-force-push",
         ),
         (
-            exec("/usr/bin/git", &["push", "--force-with-lease=main:abc", "origin"]),
+            exec(
+                "/usr/bin/git",
+                &["push", "--force-with-lease=main:abc", "origin"],
+            ),
             Verdict::Refer,
             "git-force-push",
         ),
         (
-            exec("/usr/bin/git", &["push", "origin", "main", "--force-if-includes"]),
+            exec(
+                "/usr/bin/git",
+                &["push", "origin", "main", "--force-if-includes"],
+            ),
             Verdict::Refer,
             "git-force-push",
         ),

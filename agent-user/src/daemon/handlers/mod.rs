@@ -16,14 +16,15 @@ pub fn handle(req: Request, peer: &Peer, shared: &Shared) -> response::Body {
     let done =
         |r: anyhow::Result<()>| r.map_or_else(error, |()| response::Body::Done(control::Done {}));
     match req.body {
-        Some(request::Body::OpenSession(open)) => session::open(open, peer, shared)
-            .map_or_else(error, |id| {
+        Some(request::Body::OpenSession(open)) => {
+            session::open(open, peer, shared).map_or_else(error, |id| {
                 response::Body::SessionOpened(control::SessionOpened {
                     id,
                     daemon_pid: std::process::id(),
                     lsm: shared.facts.mode == "lsm",
                 })
-            }),
+            })
+        }
         Some(request::Body::Status(_)) => response::Body::Status(status::status(shared)),
         Some(request::Body::ListSessions(_)) => response::Body::Sessions(session::list(shared)),
         Some(request::Body::EndSession(end)) => done(session::end(end.id, peer, shared)),
