@@ -197,10 +197,26 @@ fn try_socket_connect(ctx: &LsmContext) -> Result<i32, i32> {
     let Some((tag, session)) = caller(lsm_arg!(ctx, 3)) else {
         return Ok(0);
     };
-    let mut rec = Record::begin(Hook::Connect, EventKind::Connect, &tag).map_err(|_| 0)?;
+    // SAFETY: the kernel's copy of the caller's sockaddr.
+    unsafe { judge_address(&tag, session, address, addrlen) }
+}
+
+/// Reports and judges a connect to (or a datagram for) `address`, the
+/// kernel's copy of a sockaddr of `addrlen` bytes.
+///
+/// # Safety
+/// `address` must point at kernel memory of at least `addrlen` bytes.
+#[inline(always)]
+unsafe fn judge_address(
+    tag: &ProcTag,
+    session: Option<Session>,
+    address: *const u8,
+    addrlen: i32,
+) -> Result<i32, i32> {
+    let mut rec = Record::begin(Hook::Connect, EventKind::Connect, tag).map_err(|_| 0)?;
     rec.header().arg0 = -1;
     rec.header().arg2 = addrlen as i64;
-    // SAFETY: the kernel's copy of the caller's sockaddr.
+    // SAFETY: the caller's promise.
     unsafe { rec.read_sockaddr(address) };
     let mut ret = 0;
     if let Some(session) = session {
@@ -240,19 +256,8 @@ fn try_socket_sendmsg(ctx: &LsmContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let namelen = unsafe { bpf_probe_read_kernel(msg.add(8) as *const i32) }.map_err(|_| 0)?;
-    let mut rec = Record::begin(Hook::Connect, EventKind::Connect, &tag).map_err(|_| 0)?;
-    rec.header().arg0 = -1;
-    rec.header().arg2 = namelen as i64;
     // SAFETY: as above.
-    unsafe { rec.read_sockaddr(name) };
-    let mut ret = 0;
-    if let Some(session) = session {
-        let j = enforce::judge_connect(&session, &mut rec);
-        session.commit(&j);
-        ret = enforce::answer(&j, &mut rec);
-    }
-    rec.emit(Hook::Connect);
-    Ok(ret)
+    unsafe { judge_address(&tag, session, name, namelen) }
 }
 
 // ---- self-protection ----------------------------------------------------
