@@ -11,8 +11,8 @@
 //!
 //! Seccomp sees only a call's number and its register arguments: nothing
 //! behind a pointer (a sockaddr, clone3's flags, a path). Those stay with the
-//! kernel programs. Sessions opened another way (a cgroup, the agent socket)
-//! have no such layer; `sessions show` says which kind a session has.
+//! kernel programs. Sessions opened another way (a cgroup) have no such
+//! layer.
 
 use std::collections::BTreeMap;
 
@@ -39,7 +39,7 @@ pub enum ConfineError {
 }
 
 /// Calls refused whatever their arguments, in both modes: tracing and
-/// reading other processes (the LSM hook guards only the daemon), and
+/// reading other processes (fallback mode has no hook for them), and
 /// changing mounts that exist (unmounting bpffs drops the pins; no hook
 /// judges either).
 const REFUSED: &[i64] = &[
