@@ -28,6 +28,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTGATE_EBPF_OBJ
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Tracepoint programs: (program name in the object, category, event).
+/// A program named more than once is attached to each event.
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exit", "sched", "sched_process_exit"),
@@ -58,54 +59,54 @@ const FALLBACK_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
     ("sys_enter_open", "syscalls", "sys_enter_open"),
     ("sys_enter_creat", "syscalls", "sys_enter_creat"),
-    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
-    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
-    ("sys_exit_open", "syscalls", "sys_exit_open"),
-    ("sys_exit_creat", "syscalls", "sys_exit_creat"),
+    ("sys_exit_opens", "syscalls", "sys_exit_openat"),
+    ("sys_exit_opens", "syscalls", "sys_exit_openat2"),
+    ("sys_exit_opens", "syscalls", "sys_exit_open"),
+    ("sys_exit_opens", "syscalls", "sys_exit_creat"),
     // Other changes to files (change.rs): the arguments at entry, the
     // call judged at exit.
     ("sys_enter_renameat2", "syscalls", "sys_enter_renameat2"),
-    ("sys_exit_renameat2", "syscalls", "sys_exit_renameat2"),
+    ("sys_exit_renames", "syscalls", "sys_exit_renameat2"),
     ("sys_enter_renameat", "syscalls", "sys_enter_renameat"),
-    ("sys_exit_renameat", "syscalls", "sys_exit_renameat"),
+    ("sys_exit_renames", "syscalls", "sys_exit_renameat"),
     ("sys_enter_rename", "syscalls", "sys_enter_rename"),
-    ("sys_exit_rename", "syscalls", "sys_exit_rename"),
+    ("sys_exit_renames", "syscalls", "sys_exit_rename"),
     ("sys_enter_linkat", "syscalls", "sys_enter_linkat"),
-    ("sys_exit_linkat", "syscalls", "sys_exit_linkat"),
+    ("sys_exit_links", "syscalls", "sys_exit_linkat"),
     ("sys_enter_link", "syscalls", "sys_enter_link"),
-    ("sys_exit_link", "syscalls", "sys_exit_link"),
+    ("sys_exit_links", "syscalls", "sys_exit_link"),
     ("sys_enter_symlinkat", "syscalls", "sys_enter_symlinkat"),
-    ("sys_exit_symlinkat", "syscalls", "sys_exit_symlinkat"),
+    ("sys_exit_symlinks", "syscalls", "sys_exit_symlinkat"),
     ("sys_enter_symlink", "syscalls", "sys_enter_symlink"),
-    ("sys_exit_symlink", "syscalls", "sys_exit_symlink"),
+    ("sys_exit_symlinks", "syscalls", "sys_exit_symlink"),
     ("sys_enter_unlinkat", "syscalls", "sys_enter_unlinkat"),
-    ("sys_exit_unlinkat", "syscalls", "sys_exit_unlinkat"),
+    ("sys_exit_unlinks", "syscalls", "sys_exit_unlinkat"),
     ("sys_enter_unlink", "syscalls", "sys_enter_unlink"),
-    ("sys_exit_unlink", "syscalls", "sys_exit_unlink"),
+    ("sys_exit_unlinks", "syscalls", "sys_exit_unlink"),
     ("sys_enter_rmdir", "syscalls", "sys_enter_rmdir"),
-    ("sys_exit_rmdir", "syscalls", "sys_exit_rmdir"),
+    ("sys_exit_unlinks", "syscalls", "sys_exit_rmdir"),
     ("sys_enter_mkdirat", "syscalls", "sys_enter_mkdirat"),
-    ("sys_exit_mkdirat", "syscalls", "sys_exit_mkdirat"),
+    ("sys_exit_mkdirs", "syscalls", "sys_exit_mkdirat"),
     ("sys_enter_mkdir", "syscalls", "sys_enter_mkdir"),
-    ("sys_exit_mkdir", "syscalls", "sys_exit_mkdir"),
+    ("sys_exit_mkdirs", "syscalls", "sys_exit_mkdir"),
     ("sys_enter_mknodat", "syscalls", "sys_enter_mknodat"),
-    ("sys_exit_mknodat", "syscalls", "sys_exit_mknodat"),
+    ("sys_exit_mknods", "syscalls", "sys_exit_mknodat"),
     ("sys_enter_mknod", "syscalls", "sys_enter_mknod"),
-    ("sys_exit_mknod", "syscalls", "sys_exit_mknod"),
+    ("sys_exit_mknods", "syscalls", "sys_exit_mknod"),
     ("sys_enter_truncate", "syscalls", "sys_enter_truncate"),
     ("sys_exit_truncate", "syscalls", "sys_exit_truncate"),
     ("sys_enter_fchmodat", "syscalls", "sys_enter_fchmodat"),
-    ("sys_exit_fchmodat", "syscalls", "sys_exit_fchmodat"),
+    ("sys_exit_chmods", "syscalls", "sys_exit_fchmodat"),
     ("sys_enter_chmod", "syscalls", "sys_enter_chmod"),
-    ("sys_exit_chmod", "syscalls", "sys_exit_chmod"),
+    ("sys_exit_chmods", "syscalls", "sys_exit_chmod"),
     ("sys_enter_fchmod", "syscalls", "sys_enter_fchmod"),
     ("sys_exit_fchmod", "syscalls", "sys_exit_fchmod"),
     ("sys_enter_fchownat", "syscalls", "sys_enter_fchownat"),
-    ("sys_exit_fchownat", "syscalls", "sys_exit_fchownat"),
+    ("sys_exit_chowns", "syscalls", "sys_exit_fchownat"),
     ("sys_enter_chown", "syscalls", "sys_enter_chown"),
-    ("sys_exit_chown", "syscalls", "sys_exit_chown"),
+    ("sys_exit_chowns", "syscalls", "sys_exit_chown"),
     ("sys_enter_lchown", "syscalls", "sys_enter_lchown"),
-    ("sys_exit_lchown", "syscalls", "sys_exit_lchown"),
+    ("sys_exit_chowns", "syscalls", "sys_exit_lchown"),
     ("sys_enter_fchown", "syscalls", "sys_enter_fchown"),
     ("sys_exit_fchown", "syscalls", "sys_exit_fchown"),
     // Ways around the file hooks (guard.rs): LSM mode judges their opens.
@@ -126,7 +127,7 @@ const FALLBACK_TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// they are.
 const TRACEPOINTS_IF_PRESENT: &[(&str, &str, &str)] = &[
     ("sys_enter_fchmodat2", "syscalls", "sys_enter_fchmodat2"),
-    ("sys_exit_fchmodat2", "syscalls", "sys_exit_fchmodat2"),
+    ("sys_exit_chmods", "syscalls", "sys_exit_fchmodat2"),
 ];
 
 /// cgroup v2 socket-address programs, attached to the root cgroup.
@@ -417,13 +418,17 @@ pub fn load(opts: &Options) -> Result<Loaded, LoadError> {
                     .join(event)
                     .exists()
         });
+    // One program may serve several tracepoints (a syscall family's exits):
+    // it is loaded once, and each attachment is pinned by its event.
     for &(name, category, event) in TRACEPOINTS.iter().chain(fallback).chain(present) {
-        if !adopt_link(&generation, name) {
+        if !adopt_link(&generation, event) {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
-            prog.load().map_err(failed(name))?;
+            if prog.fd().is_err() {
+                prog.load().map_err(failed(name))?;
+            }
             let id = prog.attach(category, event).map_err(failed(name))?;
             let link = prog.take_link(id).map_err(failed(name))?;
-            pin_link(name, link.try_into(), &generation.link(name))?;
+            pin_link(name, link.try_into(), &generation.link(event))?;
         }
         attached.push(format!("tracepoint/{category}:{event}"));
     }

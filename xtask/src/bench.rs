@@ -209,9 +209,5 @@ pub fn run() -> anyhow::Result<()> {
 
 fn status_of_criterion() -> anyhow::Result<()> {
     println!("bench: criterion benchmarks (engine decisions, audit append/verify)");
-    status(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["bench", "-p", "agent-policy", "-p", "agent-user"])
-            .current_dir(workspace_root()),
-    )
+    status(crate::cargo_command().args(["bench", "-p", "agent-policy", "-p", "agent-user"]))
 }

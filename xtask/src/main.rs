@@ -190,6 +190,21 @@ pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    status(Command::new(cargo).args(args).current_dir(workspace_root()))
+    status(cargo_command().args(args))
+}
+
+/// Cargo in the workspace root. RocksDB's C++ is most of a cold build, and
+/// `cargo clippy` compiles it a second time (its build-script units hash apart
+/// from `cargo test`'s), so C and C++ go through ccache, kept in the target
+/// dir. Every cargo call of xtask sets the same compilers: build scripts rerun
+/// when CC or CXX change.
+pub fn cargo_command() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    if env::var_os("CC").is_none() && env::var_os("CXX").is_none() && setup::on_path("ccache") {
+        cmd.env("CC", "ccache cc")
+            .env("CXX", "ccache c++")
+            .env("CCACHE_DIR", target_dir().join("ccache"));
+    }
+    cmd
 }

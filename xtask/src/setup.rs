@@ -21,6 +21,10 @@ const APT: &[(&str, &str)] = &[
     ("libpolly-22-dev", "bpf-linker's LLVM link"),
     ("clang-22", "bpf-linker's LLVM link"),
     ("libclang-dev", "bindgen for librocksdb-sys"),
+    (
+        "ccache",
+        "RocksDB's C++, compiled once for clippy and once for the tests",
+    ),
     ("qemu-system-x86", "the VM that runs the BPF LSM tests"),
     (
         "linux-image-amd64",
@@ -57,7 +61,7 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn on_path(bin: &str) -> bool {
+pub fn on_path(bin: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {bin}")])
         .output()
