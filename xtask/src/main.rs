@@ -84,7 +84,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             );
             let guest = {
                 let log = vm_log.clone();
-                std::thread::spawn(move || vm.boot(Some(&log)))
+                std::thread::spawn(move || vm.boot(Some(log.as_path())))
             };
             let host = cargo(&["test", "--workspace", "--all-targets"]).and_then(|()| {
                 // The real-agent rig's scripted model APIs, without an agent.
