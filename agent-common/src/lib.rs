@@ -706,6 +706,7 @@ pub mod map {
     pub const NET_RULES: &str = "NET_RULES";
     pub const SESSION_POLICY: &str = "SESSION_POLICY";
     pub const SESSION_LABELS: &str = "SESSION_LABELS";
+    pub const SESSION_LOST: &str = "SESSION_LOST";
     pub const CONFIG: &str = "CONFIG";
     pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
     pub const EXEC_VERDICTS: &str = "EXEC_VERDICTS";
@@ -731,6 +732,7 @@ pub mod map {
         NET_RULES,
         SESSION_POLICY,
         SESSION_LABELS,
+        SESSION_LOST,
         CONFIG,
         KEY_SCRATCH,
         EXEC_VERDICTS,

@@ -54,6 +54,13 @@ pub static SESSION_POLICY: HashMap<SessionId, SessionPolicy> = HashMap::with_max
 #[map]
 pub static SESSION_LABELS: HashMap<SessionId, u64> = HashMap::with_max_entries(4096, 0);
 
+/// session → records of it the ring buffer had no room for (the daemon
+/// never saw those calls; the kernel's verdict on them stood alone). The
+/// programs' alone to write (an atomic add, `record::emit`); the daemon
+/// reports them and deletes a session's entry when the session ends.
+#[map]
+pub static SESSION_LOST: HashMap<SessionId, u64> = HashMap::with_max_entries(4096, 0);
+
 /// `[0]`: how to enforce. All zero (audit-only) until the daemon says otherwise.
 #[map]
 pub static CONFIG: Array<EnforceConfig> = Array::with_max_entries(1, 0);

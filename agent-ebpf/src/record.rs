@@ -3,8 +3,9 @@
 use agent_common::{
     AF_INET, AF_INET6, AF_UNIX, ARGV_MAX, Counter, ENFORCED_NONE, EVENT_BUF_LEN, EVENT_DATA_LEN,
     EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook, PATH_MAX, PATH_PARTIAL,
-    PATH_SECOND_PARTIAL, ProcTag, Verdict, counter_index,
+    PATH_SECOND_PARTIAL, ProcTag, SessionId, Verdict, counter_index,
 };
+use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read, bpf_probe_read_buf,
@@ -14,7 +15,7 @@ use aya_ebpf::helpers::{
 
 use crate::{
     decide::Judgement,
-    maps::{COUNTERS, EVENTS, SCRATCH},
+    maps::{COUNTERS, EVENTS, SCRATCH, SESSION_LOST},
 };
 
 /// Longest `sun_path`.
@@ -261,7 +262,33 @@ impl Record {
         }
         match EVENTS.output::<[u8]>(bytes, 0) {
             Ok(()) => count(hook, Counter::Emitted),
-            Err(_) => count(hook, Counter::Dropped),
+            Err(_) => {
+                count(hook, Counter::Dropped);
+                lost(h.session);
+            }
         }
+    }
+}
+
+/// Counts a record of `session` lost to a full ring buffer.
+fn lost(session: SessionId) {
+    let p = match SESSION_LOST.get_ptr_mut(&session) {
+        Some(p) => p,
+        None => {
+            let _ = SESSION_LOST.insert(&session, &0, BPF_NOEXIST as u64);
+            match SESSION_LOST.get_ptr_mut(&session) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: a map value; an atomic add, as CPUs may lose records of one
+    // session at once (the BPF target has no Rust read-modify-write atomics).
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({0} + 0) += {1}",
+            in(reg) p,
+            in(reg) 1u64,
+        );
     }
 }

@@ -366,6 +366,9 @@ fn print_session(d: &control::SessionDetail) {
     println!("session {}", s.id);
     println!("  principal:  {} (uid {})", s.principal, s.uid);
     println!("  agent:      {} sha256:{}", d.agent_exe, d.agent_sha256);
+    if !d.confinement.is_empty() {
+        println!("  confined:   {}", d.confinement);
+    }
     println!("  command:    {:?}", s.command);
     println!("  profile:    {}", s.profile);
     println!("  intent:     {:?} tags {:?}", s.intent, d.intent_tags);
@@ -392,6 +395,13 @@ fn print_session(d: &control::SessionDetail) {
         );
     }
     println!("  referrals pending: {}", d.pending_referrals);
+    if d.records_lost != 0 {
+        println!(
+            "  LOST:       {} record(s) of its calls (ring buffer full): the kernel judged them alone; \
+             the daemon's labels, referrals, drift and receipts missed them (a larger --ring-bytes helps)",
+            d.records_lost
+        );
+    }
 }
 
 fn action(socket: &Path, command: ActionCommand) -> anyhow::Result<ExitCode> {

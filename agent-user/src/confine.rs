@@ -56,11 +56,15 @@ const REFUSED: &[i64] = &[
 /// hooks and reports them as guard events; calls the guard's kill does stop
 /// in time (new namespaces, chroot, io_uring, file handles, detached trees)
 /// are left to it, which reports them.
+/// `tkill` names a thread by its id alone, and a daemon thread's id is not
+/// the daemon's pid: the obsolete call is refused outright (libcs and Go
+/// signal threads with `tgkill`, which names the process).
 const REFUSED_IN_FALLBACK: &[i64] = &[
     libc::SYS_bpf,
     libc::SYS_mount,
     libc::SYS_move_mount,
     libc::SYS_pivot_root,
+    libc::SYS_tkill,
 ];
 
 /// Capabilities a session's root gives up for good (bounding set): network
@@ -144,7 +148,6 @@ pub fn filter(guard: Guard) -> Result<BpfProgram, ConfineError> {
         };
         rules.insert(libc::SYS_kill, first_is(&[pid, group, everyone]));
         for nr in [
-            libc::SYS_tkill,
             libc::SYS_tgkill,
             libc::SYS_rt_sigqueueinfo,
             libc::SYS_rt_tgsigqueueinfo,

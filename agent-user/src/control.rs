@@ -262,6 +262,13 @@ pub struct SessionDetail {
     /// Referrals of the session still waiting for a human.
     #[prost(uint32, tag = "16")]
     pub pending_referrals: u32,
+    /// The agent's seccomp state when it started (`procs::Seccomp`).
+    #[prost(string, tag = "17")]
+    pub confinement: String,
+    /// Records of its calls lost to a full ring buffer (never seen by the
+    /// daemon; the kernel's verdict stood alone).
+    #[prost(uint64, tag = "18")]
+    pub records_lost: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -230,6 +230,8 @@ pub struct Enforcer {
     policy: BpfHashMap<MapData, SessionId, SessionPolicy>,
     /// `SESSION_LABELS`: the kernel's to write (see [`Enforcer::labels`]).
     kernel_labels: BpfHashMap<MapData, SessionId, u64>,
+    /// `SESSION_LOST`: the kernel's to write (see [`Enforcer::lost`]).
+    lost: BpfHashMap<MapData, SessionId, u64>,
     config: Array<MapData, EnforceConfig>,
     installed: HashMap<SessionId, Installed>,
     next_ruleset: u32,
@@ -265,6 +267,7 @@ impl Enforcer {
             net: take(ebpf, "NET_RULES")?,
             policy,
             kernel_labels: take(ebpf, "SESSION_LABELS")?,
+            lost: take(ebpf, map::SESSION_LOST)?,
             config: take(ebpf, "CONFIG")?,
             installed: HashMap::new(),
             next_ruleset,
@@ -288,12 +291,19 @@ impl Enforcer {
             } else {
                 let _ = self.policy.remove(&id);
                 let _ = self.kernel_labels.remove(&id);
+                let _ = self.lost.remove(&id);
             }
         }
         let labelled: Vec<SessionId> = self.kernel_labels.keys().filter_map(Result::ok).collect();
+        let lossy: Vec<SessionId> = self.lost.keys().filter_map(Result::ok).collect();
         for id in labelled {
             if !keep(id) {
                 let _ = self.kernel_labels.remove(&id);
+            }
+        }
+        for id in lossy {
+            if !keep(id) {
+                let _ = self.lost.remove(&id);
             }
         }
         let mut removed = 0;
@@ -639,10 +649,12 @@ impl Enforcer {
         }
     }
 
-    /// Takes a session's rules and labels out of the kernel.
+    /// Takes a session's rules, labels and lost-record count out of the
+    /// kernel.
     pub fn remove(&mut self, session: SessionId) {
         let _ = self.policy.remove(&session);
         let _ = self.kernel_labels.remove(&session);
+        let _ = self.lost.remove(&session);
         if let Some(i) = self.installed.remove(&session) {
             self.remove_installed(&i);
             self.refresh_known_inodes();
@@ -663,6 +675,12 @@ impl Enforcer {
         self.policy
             .insert(session, p, 0)
             .map_err(map_err("SESSION_POLICY"))
+    }
+
+    /// Records of the session's calls that the ring buffer had no room for:
+    /// the daemon never saw those calls (the kernel's verdict stood alone).
+    pub fn lost(&self, session: SessionId) -> u64 {
+        self.lost.get(&session, 0).unwrap_or(0)
     }
 
     /// The labels the session holds, set by the kernel or the daemon, in

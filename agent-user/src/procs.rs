@@ -307,6 +307,62 @@ pub fn absolute(path: &Path, base: Option<&Path>) -> PathBuf {
     out
 }
 
+/// A process's seccomp state, from `/proc/PID/status`. `agentgate exec`
+/// installs its layer (confine.rs) before the agent runs; a session opened
+/// another way has none unless something else installed one, and /proc
+/// cannot tell whose filters they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seccomp {
+    /// 0: none, 1: strict, 2: filters.
+    pub mode: u8,
+    pub filters: u32,
+    pub no_new_privs: bool,
+}
+
+impl Seccomp {
+    pub fn of(pid: u32) -> io::Result<Self> {
+        Self::parse(&fs::read_to_string(format!("/proc/{pid}/status"))?).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no Seccomp line in /proc/{pid}/status"),
+            )
+        })
+    }
+
+    fn parse(status: &str) -> Option<Self> {
+        let field = |name: &str| {
+            status.lines().find_map(|l| {
+                let v = l.strip_prefix(name)?.strip_prefix(':')?;
+                v.trim().parse::<u32>().ok()
+            })
+        };
+        Some(Self {
+            mode: u8::try_from(field("Seccomp")?).ok()?,
+            // Seccomp_filters: 5.9+.
+            filters: field("Seccomp_filters").unwrap_or(0),
+            no_new_privs: field("NoNewPrivs") == Some(1),
+        })
+    }
+}
+
+impl std::fmt::Display for Seccomp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nnp = if self.no_new_privs {
+            ", no_new_privs"
+        } else {
+            ""
+        };
+        match self.mode {
+            0 => write!(
+                f,
+                "no seccomp filter{nnp}: the session lacks the seccomp layer (README: what only it refuses)"
+            ),
+            1 => write!(f, "seccomp strict mode{nnp}"),
+            _ => write!(f, "seccomp: {} filter(s){nnp}", self.filters),
+        }
+    }
+}
+
 /// Start time (boot-clock ns, at clock-tick resolution) and ppid of a live
 /// process, from /proc.
 pub fn start_and_ppid(pid: u32) -> io::Result<(u64, u32)> {
@@ -418,6 +474,26 @@ mod tests {
         decode,
         tests::{change_record, header, record},
     };
+
+    #[test]
+    fn seccomp_state_is_read_from_status() {
+        let confined = "Name:\tsh\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        let sc = Seccomp::parse(confined).unwrap();
+        assert_eq!(
+            sc,
+            Seccomp {
+                mode: 2,
+                filters: 1,
+                no_new_privs: true
+            }
+        );
+        assert_eq!(sc.to_string(), "seccomp: 1 filter(s), no_new_privs");
+        let bare = Seccomp::parse("NoNewPrivs:\t0\nSeccomp:\t0\nSeccomp_filters:\t0\n").unwrap();
+        assert!(bare.to_string().starts_with("no seccomp filter:"), "{bare}");
+        assert_eq!(Seccomp::parse("Name:\tsh\n"), None);
+        // This test process: whatever it is, it is read.
+        assert!(Seccomp::of(std::process::id()).is_ok());
+    }
 
     /// An open or exec record of this test process.
     fn raw(kind: EventKind, path: &str, flags: u8, dirfd: i32) -> RawEvent {

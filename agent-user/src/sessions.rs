@@ -170,6 +170,9 @@ pub struct NewSession {
     /// and the SHA-256 of that file (empty until hashed, or unreadable).
     pub agent_exe: String,
     pub agent_sha256: Vec<u8>,
+    /// The agent's seccomp state as /proc showed it at that exec (see
+    /// `procs::Seccomp`); empty until then.
+    pub confinement: String,
     /// The session this one was opened from (delegation; 0: none). Every
     /// call is judged by both: the child's scope can only narrow.
     pub parent: SessionId,
@@ -303,6 +306,7 @@ mod tests {
             ttl: Some(Duration::from_secs(60)),
             agent_exe: "/bin/sh".into(),
             agent_sha256: Vec::new(),
+            confinement: String::new(),
             parent: 0,
         }
     }

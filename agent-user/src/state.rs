@@ -66,6 +66,8 @@ pub struct SavedSession {
     pub ttl_secs: Option<u64>,
     pub agent_exe: String,
     pub agent_sha256: Vec<u8>,
+    #[serde(default)]
+    pub confinement: String,
     pub created_unix_ns: u64,
     pub expires_unix_ns: Option<u64>,
     /// `expired` or `drifted`.
@@ -109,6 +111,7 @@ impl SavedSession {
             ttl_secs: spec.ttl.map(|t| t.as_secs()),
             agent_exe: spec.agent_exe.clone(),
             agent_sha256: spec.agent_sha256.clone(),
+            confinement: spec.confinement.clone(),
             created_unix_ns: unix_ns(s.created),
             expires_unix_ns: s.expires.map(unix_ns),
             ended: s.ended.map(|e| {
@@ -141,6 +144,7 @@ impl SavedSession {
             ttl: self.ttl_secs.map(Duration::from_secs),
             agent_exe: self.agent_exe.clone(),
             agent_sha256: self.agent_sha256.clone(),
+            confinement: self.confinement.clone(),
             parent: self.parent,
         }
     }
@@ -242,6 +246,7 @@ mod tests {
                 ttl: Some(Duration::from_secs(600)),
                 agent_exe: "/bin/sh".into(),
                 agent_sha256: vec![1, 2, 3],
+                confinement: "seccomp: 1 filter, no_new_privs".into(),
                 parent: 7,
             },
             created,

@@ -82,6 +82,12 @@ fn a_program_run_by_a_symlink_is_judged_as_the_program() {
     assert!(!stdout(&out).contains("ran"), "the program ran: {out:?}");
     let plain = w.untagged("./alias ran; echo alias=$?");
     assert_eq!(status_of(&plain, "alias"), 0, "{plain:?}");
+    // Through a symlinked directory, as `/bin/ssh` is `/usr/bin/ssh` on a
+    // merged /usr (red team #30: the kernel and the daemon disagreed).
+    std::os::unix::fs::symlink(w.path("bin"), w.path("merged")).unwrap();
+    let out = w.tagged("./merged/forbidden ran; echo dir=$?");
+    assert_eq!(status_of(&out, "dir"), w.refused(126), "{out:?}");
+    assert!(!stdout(&out).contains("ran"), "the program ran: {out:?}");
 }
 
 /// One change, done by a Python one-liner: prints `NAME=0` when the call

@@ -61,6 +61,25 @@ fn a_tagged_process_cannot_signal_the_daemon() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(errno_of(&out), 1, "kill reports failure: {out:?}");
     assert!(d.alive(), "the daemon was stopped");
+    // A thread of the daemon, named by its own id alone (tkill): a stop
+    // would stop the whole daemon.
+    let thread = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&tid| tid != pid)
+        .expect("the daemon runs threads");
+    let out = d.exec_sh(&format!(
+        "{py} -c 'import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+         r = libc.syscall({nr}, {thread}, {stop}); print(\"errno=\" + str(ctypes.get_errno() if r < 0 else 0))'",
+        py = python(),
+        nr = libc::SYS_tkill,
+        stop = libc::SIGSTOP,
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(errno_of(&out), 1, "tkill of a daemon thread: {out:?}");
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = state.rsplit_once(") ").map(|(_, r)| &r[..1]);
+    assert_ne!(state, Some("T"), "the daemon was stopped by tkill");
     // Fallback: the seccomp layer refused it before any hook saw it.
     if lsm_mode {
         let events = d.wait_for(Duration::from_secs(10), |ev| {

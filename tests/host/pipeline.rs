@@ -150,6 +150,32 @@ fn flood_of_opens_is_delivered_or_counted_as_dropped() {
         "more drops than the session's other opens explain: {delivered} + {dropped}"
     );
     assert!(after.contains("dropped"), "{after}");
+    // The daemon names the session that lost them, with how many: at the
+    // latest when the session ends (the flood's session was the only one).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lost = loop {
+        let reported = lost_in_all(&d.log());
+        if reported.is_some() || std::time::Instant::now() > deadline {
+            break reported;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let lost = lost.unwrap_or_else(|| panic!("no session reported lost records: {}", d.log()));
+    assert!(
+        lost >= dropped && lost <= dropped + 500,
+        "the session lost {lost} records, the open counter dropped {dropped}"
+    );
+}
+
+/// The largest "… ({N} in all)" of the daemon's lost-record warnings.
+fn lost_in_all(log: &str) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains("record(s) of its calls lost"))
+        .filter_map(|l| {
+            let (_, tail) = l.split_once("ring buffer full; ")?;
+            tail.split_whitespace().next()?.parse().ok()
+        })
+        .max()
 }
 
 #[test]

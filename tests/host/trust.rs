@@ -242,6 +242,13 @@ fn the_daemon_never_reads_the_program_a_caller_names() {
         "{shown}\n{}",
         d.log()
     );
+    // What /proc said of the agent when it started: `agentgate exec` put
+    // the seccomp layer (a filter, no_new_privs) under it.
+    let confined = shown.lines().find(|l| l.contains("confined:"));
+    assert!(
+        confined.is_some_and(|l| l.contains("seccomp: ") && l.ends_with("filter(s), no_new_privs")),
+        "{shown}"
+    );
 }
 
 #[test]

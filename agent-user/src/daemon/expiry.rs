@@ -1,6 +1,9 @@
-//! Time runs out: grants lapse, sessions pass their TTL; and the files
-//! the rules protect are looked up again by identity now and then.
-use std::{sync::Arc, time::Duration};
+//! Time runs out: grants lapse, sessions pass their TTL; and, now and then,
+//! the files the rules protect are looked up again by identity and records
+//! lost to a full ring buffer are reported by session.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use agent_common::SessionId;
 
 use super::shared::Shared;
 use crate::sessions::Ended;
@@ -15,6 +18,7 @@ const KNOWN_INODES_EVERY: u32 = 20;
 pub async fn run(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut ticks: u32 = 0;
+    let mut lost_reported: HashMap<SessionId, u64> = HashMap::new();
     loop {
         tick.tick().await;
         ticks = ticks.wrapping_add(1);
@@ -35,6 +39,15 @@ pub async fn run(shared: Arc<Shared>) {
                 g.referral
             );
         }
+        for s in st.registry.iter() {
+            let lost = st.enforcer.lost(s.id);
+            let reported = lost_reported.entry(s.id).or_insert(0);
+            if lost > *reported {
+                warn_lost(s.id, lost - *reported, lost);
+                *reported = lost;
+            }
+        }
+        lost_reported.retain(|id, _| st.registry.get(*id).is_some());
         let mut changed = false;
         for s in st.registry.iter_mut() {
             if s.ended.is_some() || s.expires.is_none_or(|e| e > now) {
@@ -54,4 +67,13 @@ pub async fn run(shared: Arc<Shared>) {
             st.persist(&shared.facts);
         }
     }
+}
+
+/// Says that `new` more records of a session's calls (`total` so far) were
+/// lost to a full ring buffer.
+pub(super) fn warn_lost(session: SessionId, new: u64, total: u64) {
+    log::warn!(
+        "session {session}: {new} record(s) of its calls lost (ring buffer full; {total} in all): \
+         the kernel judged those calls alone, and the daemon never saw them"
+    );
 }

@@ -170,6 +170,7 @@ pub fn open(open: control::OpenSession, peer: &Peer, shared: &Shared) -> anyhow:
             // it at the session's first exec (see `Judge`).
             agent_exe: open.program,
             agent_sha256: Vec::new(),
+            confinement: String::new(),
             parent,
         },
         ctx,
@@ -262,6 +263,11 @@ pub fn end(id: SessionId, peer: &Peer, shared: &Shared) -> anyhow::Result<()> {
         }
     }
     for s in &ending {
+        // Reported once more here: the session may end between two ticks.
+        let lost = st.enforcer.lost(*s);
+        if lost != 0 {
+            crate::daemon::expiry::warn_lost(*s, lost, lost);
+        }
         st.enforcer.remove(*s);
         st.referrals.forget_session(*s);
         st.registry.remove(*s);
@@ -346,6 +352,8 @@ fn detail(st: &State, s: &Session) -> control::SessionDetail {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
+        confinement: s.spec.confinement.clone(),
+        records_lost: st.enforcer.lost(id),
         chain: st.registry.chain(id),
         children: st
             .registry

@@ -216,6 +216,11 @@ pub(super) fn note_agent(shared: &std::sync::Arc<Shared>, st: &mut State, ev: &E
     }
     s.spec.agent_exe = path.display().to_string();
     s.spec.agent_sha256.clear();
+    // Read now, while the agent is surely alive (a procfs read, no wait).
+    s.spec.confinement = match procs::Seccomp::of(ev.process.pid) {
+        Ok(sc) => sc.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
     let (shared, session, pid, exe) = (shared.clone(), s.id, ev.process.pid, path.clone());
     tokio::task::spawn_blocking(move || {
         let hash = match procs::exe_sha256(pid, &exe, procs::MAX_HASHED) {
