@@ -169,6 +169,32 @@ fn benign_coding_work_goes_through() {
     }
 }
 
+/// Every program's user, group and host lookups go to nscd first (glibc)
+/// and log to syslog: a profile that leaves these sockets out has its
+/// processes killed at their first lookup in fallback mode, nscd running or
+/// not (ops-agent's curl was).
+#[test]
+fn every_shipped_profile_reaches_the_system_s_name_service() {
+    let set = shipped();
+    for profile in ["coding-agent", "ops-agent", "default"] {
+        for sock in [
+            "unix:/run/nscd/socket",
+            "unix:/var/run/nscd/socket",
+            "unix:/dev/log",
+            "unix:/run/systemd/userdb/io.systemd.DynamicUser",
+        ] {
+            let d = decide(&set, profile, &connect(sock));
+            assert!(
+                !d.verdict.blocks(),
+                "{profile}: {sock}: {:?} by {} ({})",
+                d.verdict,
+                d.rule_name(),
+                d.reason()
+            );
+        }
+    }
+}
+
 #[test]
 fn attacks_are_refused() {
     let set = shipped();
