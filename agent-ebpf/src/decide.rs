@@ -9,7 +9,6 @@ use agent_common::{
     path_prefix_bits,
 };
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     cty::c_void,
     helpers::{bpf_loop, bpf_probe_read_kernel_buf},
     macros::map,
@@ -18,7 +17,7 @@ use aya_ebpf::{
 
 use crate::maps::{
     CONFIG, KEY_SCRATCH, LEVEL_LABELS, NET_RULES, PATH_RULES, PATH_SUFFIX_RULES, SCRATCH,
-    SESSION_LABELS, SESSION_POLICY,
+    SESSION_LABELS, SESSION_POLICY, session_word,
 };
 
 /// The verdict reached and the rule behind it. The labels the call earns
@@ -365,18 +364,8 @@ impl Session {
             if bits == 0 {
                 continue;
             }
-            // A session's first labels: its entry is made empty, never over
-            // one another CPU has just made (BPF_NOEXIST), then ORed into
-            // like any other.
-            let p = match SESSION_LABELS.get_ptr_mut(id) {
-                Some(p) => p,
-                None => {
-                    let _ = SESSION_LABELS.insert(id, &0, BPF_NOEXIST as u64);
-                    match SESSION_LABELS.get_ptr_mut(id) {
-                        Some(p) => p,
-                        None => continue,
-                    }
-                }
+            let Some(p) = session_word(&SESSION_LABELS, id) else {
+                continue;
             };
             // SAFETY: a map value. An atomic OR, so that two CPUs setting
             // different labels of one session both keep theirs (the BPF

@@ -5,6 +5,7 @@ use agent_common::{
     PATH_MAX, PathRuleKey, ProcTag, RuleEntry, SessionId, SessionPolicy,
 };
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
@@ -60,6 +61,19 @@ pub static SESSION_LABELS: HashMap<SessionId, u64> = HashMap::with_max_entries(4
 /// reports them and deletes a session's entry when the session ends.
 #[map]
 pub static SESSION_LOST: HashMap<SessionId, u64> = HashMap::with_max_entries(4096, 0);
+
+/// The session's word in one of the maps above that the programs update in
+/// place (`SESSION_LABELS`, `SESSION_LOST`), for an atomic update. A
+/// session's first entry is made 0, never over one another CPU has just
+/// made (BPF_NOEXIST).
+#[inline(always)]
+pub fn session_word(map: &HashMap<SessionId, u64>, id: &SessionId) -> Option<*mut u64> {
+    if let Some(p) = map.get_ptr_mut(id) {
+        return Some(p);
+    }
+    let _ = map.insert(id, &0, BPF_NOEXIST as u64);
+    map.get_ptr_mut(id)
+}
 
 /// `[0]`: how to enforce. All zero (audit-only) until the daemon says otherwise.
 #[map]

@@ -5,7 +5,6 @@ use agent_common::{
     EVENT_HEADER_LEN, EventBuf, EventHeader, EventKind, Hook, PATH_MAX, PATH_PARTIAL,
     PATH_SECOND_PARTIAL, ProcTag, SessionId, Verdict, counter_index,
 };
-use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read, bpf_probe_read_buf,
@@ -15,7 +14,7 @@ use aya_ebpf::helpers::{
 
 use crate::{
     decide::Judgement,
-    maps::{COUNTERS, EVENTS, SCRATCH, SESSION_LOST},
+    maps::{COUNTERS, EVENTS, SCRATCH, SESSION_LOST, session_word},
 };
 
 /// Longest `sun_path`.
@@ -272,15 +271,8 @@ impl Record {
 
 /// Counts a record of `session` lost to a full ring buffer.
 fn lost(session: SessionId) {
-    let p = match SESSION_LOST.get_ptr_mut(&session) {
-        Some(p) => p,
-        None => {
-            let _ = SESSION_LOST.insert(&session, &0, BPF_NOEXIST as u64);
-            match SESSION_LOST.get_ptr_mut(&session) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(p) = session_word(&SESSION_LOST, &session) else {
+        return;
     };
     // SAFETY: a map value; an atomic add, as CPUs may lose records of one
     // session at once (the BPF target has no Rust read-modify-write atomics).

@@ -294,16 +294,11 @@ impl Enforcer {
                 let _ = self.lost.remove(&id);
             }
         }
-        let labelled: Vec<SessionId> = self.kernel_labels.keys().filter_map(Result::ok).collect();
-        let lossy: Vec<SessionId> = self.lost.keys().filter_map(Result::ok).collect();
-        for id in labelled {
-            if !keep(id) {
-                let _ = self.kernel_labels.remove(&id);
-            }
-        }
-        for id in lossy {
-            if !keep(id) {
-                let _ = self.lost.remove(&id);
+        // The kernel's own maps may name sessions no policy entry does.
+        for map in [&mut self.kernel_labels, &mut self.lost] {
+            let ids: Vec<SessionId> = map.keys().filter_map(Result::ok).collect();
+            for id in ids.into_iter().filter(|id| !keep(*id)) {
+                let _ = map.remove(&id);
             }
         }
         let mut removed = 0;

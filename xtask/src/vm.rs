@@ -225,20 +225,24 @@ fn run_guest(kernel: &Path, script: &str, log: &Path, echo: bool) -> anyhow::Res
     let started = Instant::now();
     let (mut shown, mut last_growth, mut up) = (0usize, Instant::now(), false);
     loop {
-        if let Some(st) = child.try_wait()? {
+        let finished = child.try_wait()?;
+        // Bytes, not text: the log may end in the middle of a character.
+        let bytes = std::fs::read(log).unwrap_or_default();
+        if bytes.len() > shown {
             if echo {
-                print!("{}", &read_lossy(log)[shown..]);
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&bytes[shown..]);
+                let _ = std::io::stdout().flush();
             }
-            return Ok(Guest::Finished(st));
-        }
-        let text = read_lossy(log);
-        if text.len() > shown {
-            if echo {
-                print!("{}", &text[shown..]);
-            }
-            shown = text.len();
+            shown = bytes.len();
             last_growth = Instant::now();
-            up = up || text.contains(GUEST_UP);
+            up = up
+                || bytes
+                    .windows(GUEST_UP.len())
+                    .any(|w| w == GUEST_UP.as_bytes());
+        }
+        if let Some(st) = finished {
+            return Ok(Guest::Finished(st));
         }
         let verdict = if !up && started.elapsed() > BOOT_LIMIT {
             Some(Guest::NeverUp)
@@ -255,10 +259,6 @@ fn run_guest(kernel: &Path, script: &str, log: &Path, echo: bool) -> anyhow::Res
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-fn read_lossy(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
 
 /// What the guest runs: a check that BPF LSM is on, then the suite.
